@@ -1,0 +1,86 @@
+"""Configuration objects: validated once, when they are made, and frozen afterwards."""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class JobDefaults(BaseModel):
+    """Options every job gets unless it sets its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    coalesce: bool = Field(
+        True, description="Run a backlog of missed fires once (True) or once per fire (False)."
+    )
+    max_instances: int = Field(
+        1, ge=1, description="Runs of one job allowed at once; a fire beyond it is skipped."
+    )
+    misfire_grace_time: float | None = Field(
+        None, gt=0, description="Seconds a fire may start late; later fires are not run."
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="Seconds a run may take before it is cancelled."
+    )
+    retries: int = Field(0, ge=0, description="Extra attempts after a failed or timed-out run.")
+    retry_delay: float = Field(
+        1.0, ge=0, description="Seconds before the first retry; doubles per attempt, capped."
+    )
+    jitter: float = Field(
+        0.0, ge=0, description="Each run starts a random 0..jitter seconds after its fire time."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                valid = ", ".join(cls.model_fields)
+                raise ValueError(f"unknown job_defaults key {unknown[0]!r}; valid keys: {valid}")
+        return data
+
+
+def validate_timezone(name: str) -> str:
+    """Return ``name`` if it is an IANA timezone name this machine knows, else raise ValueError."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(
+            f"unknown timezone {name!r}: use an IANA name such as 'UTC' or 'America/New_York'"
+        ) from None
+    return name
+
+
+class SchedulerConfig(BaseModel):
+    """Settings of one :class:`TaskScheduler`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timezone: str = Field(
+        "UTC",
+        description="IANA timezone in which cron fields and naive datetimes are read.",
+    )
+    job_defaults: JobDefaults = Field(default_factory=JobDefaults)
+    max_concurrent_jobs: int = Field(
+        100, ge=1, description="Runs allowed at once across all jobs; more wait for a slot."
+    )
+    shutdown_timeout: float = Field(
+        25.0,
+        ge=0,
+        description="Seconds shutdown() waits for running jobs before cancelling them.",
+    )
+    history_size: int = Field(20, ge=1, description="Finished runs kept per job, newest first.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_timezone(cls, value: str) -> str:
+        return validate_timezone(value)
+
+    @property
+    def tzinfo(self) -> ZoneInfo:
+        """The configured timezone as a :class:`~zoneinfo.ZoneInfo`."""
+        return ZoneInfo(self.timezone)

@@ -1,0 +1,447 @@
+"""The JobExecutor: runs each fire of a job and records what happened.
+
+APScheduler hands every queued job to :meth:`TaskExecutor.run_job`, inside the engine's job
+task group. Here each fire gets its checks (draining, misfire grace, max_instances, jitter),
+its attempts (each under a cancel scope when the job has a timeout; sync callables in worker
+threads), its retries, and one recorded outcome per attempt. Nothing a job raises leaves this
+module, except cancellation and ``BaseException`` such as ``KeyboardInterrupt``.
+
+This is the hot path: per run it allocates one small record and formats no log message that
+no handler wants.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import random
+import secrets
+from collections import deque
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import count
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import anyio
+from anyio import CapacityLimiter, get_cancelled_exc_class, to_thread
+from apscheduler import Job
+from apscheduler.abc import JobExecutor
+
+from ._errors import SchedulerStateError
+from ._jobs import JobSpec
+from ._models import Outcome, RunCounts, RunInfo
+
+logger = logging.getLogger("library.components.scheduling.task_scheduler")
+
+RUN_REQUEST_KEY = "task_scheduler_run_request"
+RETRY_DELAY_CAP = 300.0
+"""Seconds: exponential retry backoff never waits longer than this."""
+
+_OUTCOMES = tuple(Outcome)
+_OUTCOME_INDEX = {outcome: index for index, outcome in enumerate(_OUTCOMES)}
+_LOG_LEVELS = {
+    Outcome.success: logging.INFO,
+    Outcome.cancelled: logging.INFO,
+    Outcome.timed_out: logging.WARNING,
+    Outcome.skipped: logging.WARNING,
+    Outcome.missed: logging.WARNING,
+    Outcome.error: logging.ERROR,
+    Outcome.abandoned: logging.ERROR,
+}
+_utc = timezone.utc
+
+def _now() -> datetime:
+    return datetime.now(_utc)
+
+
+@dataclass(slots=True, eq=False)
+class RunRecord:
+    """One attempt, as the executor keeps it (a RunInfo is only built when someone asks)."""
+
+    seq: int
+    job_id: str
+    attempt: int
+    scheduled_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outcome: Outcome | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+    def info(self, prefix: str, tz: ZoneInfo) -> RunInfo:
+        started, finished = self.started_at, self.finished_at
+        duration = None
+        if started is not None and finished is not None:
+            duration = (finished - started).total_seconds()
+        return RunInfo.model_construct(
+            run_id=f"{prefix}-{self.seq}",
+            job_id=self.job_id,
+            attempt=self.attempt,
+            scheduled_at=self.scheduled_at.astimezone(tz),
+            started_at=None if started is None else started.astimezone(tz),
+            finished_at=None if finished is None else finished.astimezone(tz),
+            duration=duration,
+            outcome=self.outcome,
+            error_type=self.error_type,
+            error_message=self.error_message,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class JobRuntime:
+    """The live state of one job: its spec, runs in progress, history and counters."""
+
+    spec: JobSpec
+    history: deque[RunRecord]
+    running: int = 0
+    """Fires in progress, including one waiting for its retry: they hold max_instances slots."""
+    active: list[RunRecord] = field(default_factory=list)
+    counts: list[int] = field(default_factory=lambda: [0] * len(_OUTCOMES))
+    last: RunRecord | None = None
+
+    def run_counts(self) -> RunCounts:
+        return RunCounts(**{o.value: n for o, n in zip(_OUTCOMES, self.counts, strict=True)})
+
+
+@dataclass(slots=True, eq=False)
+class RunRequest:
+    """A run-now: it holds its max_instances slot from the moment it is asked for."""
+
+    runtime: JobRuntime
+    record: RunRecord
+    done: anyio.Event
+    final: RunRecord | None = None
+
+
+class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an untyped-ish base
+    """Runs our jobs for APScheduler: timeouts, threads, limits, retries, outcomes."""
+
+    def __init__(self, *, tz: ZoneInfo, history_size: int, thread_limit: int) -> None:
+        self.tz = tz
+        self.history_size = history_size
+        self.jobs: dict[str, JobRuntime] = {}
+        self.finished_sink: Callable[[RunRecord], None] | None = None
+        """Called with every finished attempt (the scheduler feeds its hooks from it)."""
+        self.prefix = secrets.token_hex(4)
+        self._seq = count(1)
+        self._thread_limit = thread_limit
+        self._limiter: CapacityLimiter | None = None
+        self._requests: dict[int, RunRequest] = {}
+        self._in_progress = 0
+        self._draining = False
+        self._drain_event: anyio.Event | None = None
+        self._idle: anyio.Event | None = None
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def register(self, spec: JobSpec) -> JobRuntime:
+        runtime = self.jobs.get(spec.id)
+        if runtime is None:
+            runtime = JobRuntime(spec, deque(maxlen=self.history_size))
+            self.jobs[spec.id] = runtime
+        else:
+            runtime.spec = spec
+        return runtime
+
+    def unregister(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+
+    @property
+    def in_progress(self) -> int:
+        return self._in_progress
+
+    def runs(self, job_id: str, limit: int) -> list[RunInfo]:
+        runtime = self.jobs[job_id]
+        records = [*reversed(runtime.active), *runtime.history][:limit]
+        return [record.info(self.prefix, self.tz) for record in records]
+
+    def last_run(self, runtime: JobRuntime) -> RunInfo | None:
+        return None if runtime.last is None else runtime.last.info(self.prefix, self.tz)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Called by the scheduler in its event loop before the engine starts."""
+        self._draining = False
+        self._drain_event = anyio.Event()
+        self._idle = None
+        self._limiter = CapacityLimiter(self._thread_limit)
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        """APScheduler's hook: nothing to set up beyond what :meth:`open` did."""
+
+    def begin_drain(self) -> None:
+        """No new fire starts from now on; waiting retries give up."""
+        self._draining = True
+        if self._drain_event is not None:
+            self._drain_event.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every run in progress to end; True if none is left."""
+        if self._in_progress:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._idle.wait()
+        return self._in_progress == 0
+
+    def running_jobs(self) -> list[str]:
+        return [job_id for job_id, runtime in self.jobs.items() if runtime.running]
+
+    def cancel_pending_requests(self) -> None:
+        """Run-now requests the engine never picked up end as ``cancelled``."""
+        for request in self._requests.values():
+            record = request.record
+            record.finished_at = _now()
+            self._finish(request.runtime, record, Outcome.cancelled, None, "scheduler stopped")
+            request.runtime.running -= 1
+            request.final = record
+            request.done.set()
+        self._requests.clear()
+
+    # -- run now -----------------------------------------------------------------------
+
+    def request_run(self, job_id: str) -> tuple[RunRequest | None, RunRecord, int]:
+        """Reserve a run-now of ``job_id``; a request at the limit is recorded ``skipped``."""
+        if self._draining:
+            raise SchedulerStateError("the scheduler is shutting down: no new runs")
+        runtime = self.jobs[job_id]
+        seq = next(self._seq)
+        record = RunRecord(seq, job_id, 1, _now())
+        if runtime.running >= runtime.spec.options.max_instances:
+            record.finished_at = record.scheduled_at
+            self._finish(runtime, record, Outcome.skipped, None, None)
+            return None, record, seq
+        runtime.running += 1
+        runtime.active.append(record)
+        request = RunRequest(runtime, record, anyio.Event())
+        self._requests[seq] = request
+        return request, record, seq
+
+    def cancel_request(self, seq: int) -> None:
+        """Give back the slot of a run-now whose job could not be queued."""
+        request = self._requests.pop(seq, None)
+        if request is not None:
+            request.runtime.running -= 1
+            request.runtime.active.remove(request.record)
+
+    # -- the hot path ------------------------------------------------------------------
+
+    async def run_job(self, func: Callable[..., Any], job: Job) -> None:
+        runtime = self.jobs.get(job.task_id)
+        if runtime is None:
+            return  # removed after this fire was queued
+        request: RunRequest | None = None
+        if job.metadata:
+            request = self._requests.pop(job.metadata.get(RUN_REQUEST_KEY), None)  # type: ignore[arg-type]
+        if request is not None:
+            try:
+                request.final = await self._run_fire(runtime, request.record)
+            finally:
+                request.done.set()
+            return
+        fire_time: datetime | None = job.scheduled_fire_time
+        if fire_time is None:
+            return  # a run-now left over from an earlier start: its request is gone
+        record = RunRecord(next(self._seq), runtime.spec.id, 1, fire_time)
+        options = runtime.spec.options
+        if self._draining:
+            record.finished_at = _now()
+            self._finish(runtime, record, Outcome.cancelled, None, "scheduler is shutting down")
+            return
+        grace = options.misfire_grace_time
+        if options.jitter:
+            await self._jitter(options.jitter, grace, fire_time)
+            if self._draining:
+                record.finished_at = _now()
+                self._finish(runtime, record, Outcome.cancelled, None, "scheduler is shutting down")
+                return
+        if grace is not None:
+            now = _now()
+            late = (now - fire_time).total_seconds()
+            if late > grace:
+                record.finished_at = now
+                message = f"started {late:.3f} s late, misfire_grace_time is {grace} s"
+                self._finish(runtime, record, Outcome.missed, None, message)
+                return
+        if runtime.running >= options.max_instances:
+            record.finished_at = _now()
+            message = f"{runtime.running} run(s) in progress, max_instances is {options.max_instances}"
+            self._finish(runtime, record, Outcome.skipped, None, message)
+            return
+        runtime.running += 1
+        runtime.active.append(record)
+        await self._run_fire(runtime, record)
+
+    @staticmethod
+    async def _jitter(jitter: float, grace: float | None, fire_time: datetime) -> None:
+        # Trap 8 (4.0.0a6): the engine's max_jitter delays nothing, so we wait here, never so
+        # long that the run would pass its misfire_grace_time.
+        limit = jitter
+        if grace is not None:
+            limit = min(limit, grace - (_now() - fire_time).total_seconds())
+        if limit > 0:
+            await anyio.sleep(random.uniform(0, limit))
+
+    async def _run_fire(self, runtime: JobRuntime, record: RunRecord) -> RunRecord:
+        """All attempts of one fire (``runtime.running`` already counts it); the last attempt."""
+        self._in_progress += 1
+        try:
+            options = runtime.spec.options
+            while True:
+                outcome = await self._attempt(runtime, record)
+                if outcome not in (Outcome.error, Outcome.timed_out):
+                    return record
+                if record.attempt > options.retries or self._draining:
+                    return record
+                record = RunRecord(
+                    next(self._seq), record.job_id, record.attempt + 1, record.scheduled_at
+                )
+                runtime.active.append(record)
+                if not await self._retry_wait(retry_delay(options.retry_delay, record.attempt - 1)):
+                    runtime.active.remove(record)
+                    record.finished_at = _now()
+                    self._finish(runtime, record, Outcome.cancelled, None, "scheduler stopped")
+                    return record
+        finally:
+            runtime.running -= 1
+            self._in_progress -= 1
+            if self._in_progress == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def _retry_wait(self, delay: float) -> bool:
+        """Sleep before a retry; False if the scheduler began to shut down meanwhile."""
+        if self._drain_event is None:
+            await anyio.sleep(delay)
+            return True
+        try:
+            with anyio.move_on_after(delay):
+                await self._drain_event.wait()
+        except get_cancelled_exc_class():
+            return False
+        return not self._draining
+
+    async def _attempt(self, runtime: JobRuntime, record: RunRecord) -> Outcome:
+        spec = runtime.spec
+        timeout = spec.options.timeout
+        record.started_at = _now()
+        try:
+            if timeout is None:
+                await self._call(spec)
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    await self._call(spec)
+                if scope.cancelled_caught:
+                    if not spec.is_async:
+                        logger.warning(
+                            "job %r timed out after %s s; its worker thread is abandoned and "
+                            "keeps running until the function returns",
+                            spec.id,
+                            timeout,
+                        )
+                    return self._end(
+                        runtime, record, Outcome.timed_out, None, f"timed out after {timeout} s",
+                        "TimeoutError",
+                    )
+        except get_cancelled_exc_class():
+            if not spec.is_async:
+                logger.warning(
+                    "job %r was cancelled; its worker thread is abandoned and keeps running "
+                    "until the function returns",
+                    spec.id,
+                )
+            self._end(runtime, record, Outcome.cancelled, None, None)
+            raise
+        except Exception as exc:
+            return self._end(runtime, record, Outcome.error, exc, str(exc))
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, then propagate
+            self._end(runtime, record, Outcome.error, exc, str(exc))
+            raise
+        return self._end(runtime, record, Outcome.success, None, None)
+
+    async def _call(self, spec: JobSpec) -> None:
+        if spec.is_async:
+            await spec.func(*spec.args, **spec.kwargs)
+            return
+        # Trap 3 (4.0.0a6): the engine's default executor calls plain functions on the event
+        # loop thread. Ours go to a worker thread; a thread cannot be cancelled, so it is
+        # abandoned (and that is logged) when its run times out or is cancelled.
+        call = functools.partial(spec.func, *spec.args, **spec.kwargs)
+        result = await to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._limiter)
+        if inspect.isawaitable(result):
+            await result
+
+    def _end(
+        self,
+        runtime: JobRuntime,
+        record: RunRecord,
+        outcome: Outcome,
+        exc: BaseException | None,
+        message: str | None,
+        error_type: str | None = None,
+    ) -> Outcome:
+        record.finished_at = _now()
+        try:
+            runtime.active.remove(record)
+        except ValueError:
+            pass
+        self._finish(runtime, record, outcome, exc, message, error_type)
+        return outcome
+
+    def _finish(
+        self,
+        runtime: JobRuntime,
+        record: RunRecord,
+        outcome: Outcome,
+        exc: BaseException | None,
+        message: str | None,
+        error_type: str | None = None,
+    ) -> None:
+        record.outcome = outcome
+        if exc is not None:
+            record.error_type = type(exc).__name__
+        elif error_type is not None:
+            record.error_type = error_type
+        if outcome is not Outcome.success:
+            record.error_message = message
+        runtime.history.appendleft(record)
+        runtime.counts[_OUTCOME_INDEX[outcome]] += 1
+        runtime.last = record
+        level = _LOG_LEVELS[outcome]
+        if logger.isEnabledFor(level):
+            self._log(level, record, exc)
+        if self.finished_sink is not None:
+            self.finished_sink(record)
+
+    def _log(self, level: int, record: RunRecord, exc: BaseException | None) -> None:
+        run_id = f"{self.prefix}-{record.seq}"
+        duration = None
+        if record.started_at is not None and record.finished_at is not None:
+            duration = (record.finished_at - record.started_at).total_seconds()
+        outcome = record.outcome.value if record.outcome is not None else None
+        extra = {"job_id": record.job_id, "run_id": run_id, "outcome": outcome}
+        extra["duration"] = duration  # type: ignore[assignment]
+        extra["attempt"] = record.attempt  # type: ignore[assignment]
+        detail = f": {record.error_message}" if record.error_message else ""
+        logger.log(
+            level,
+            "job %r run %s (attempt %d) %s%s",
+            record.job_id,
+            run_id,
+            record.attempt,
+            outcome,
+            detail,
+            extra=extra,
+            exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
+        )
+
+
+def retry_delay(base: float, retry: int) -> float:
+    """Seconds before retry number ``retry`` (1-based): doubling from ``base``, capped, jittered."""
+    delay = min(base * 2 ** (retry - 1), max(base, RETRY_DELAY_CAP))
+    return delay * random.uniform(0.5, 1.0)
+
+

@@ -1,0 +1,140 @@
+"""A declared job: the callable, its trigger spec and its options, validated once."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from pydantic import ValidationError
+
+from ._config import JobDefaults
+from ._triggers import TriggerSpec
+
+
+class JobOptions(TypedDict, total=False):
+    """Options every way of adding a job accepts (defaults come from ``job_defaults``)."""
+
+    id: str
+    name: str
+    args: Sequence[Any]
+    kwargs: Mapping[str, Any]
+    timeout: float | None
+    max_instances: int
+    coalesce: bool
+    misfire_grace_time: float | None
+    paused: bool
+    retries: int
+    retry_delay: float
+    jitter: float
+
+
+_OWN_OPTIONS = ("id", "name", "args", "kwargs", "paused")
+VALID_OPTIONS = (*_OWN_OPTIONS, *JobDefaults.model_fields)
+
+
+def callable_name(func: Callable[..., Any]) -> str:
+    """``"module:qualname"`` of a function, bound method, partial or callable object."""
+    target: Any = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = getattr(target, "__func__", target)
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if module is None or qualname is None:
+        kind = type(target)
+        module, qualname = kind.__module__, kind.__qualname__
+    return f"{module}:{qualname}"
+
+
+def is_async_callable(func: Callable[..., Any]) -> bool:
+    """True if calling ``func`` returns a coroutine (functions, partials, async ``__call__``)."""
+    target: Any = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - we want the async __call__ itself
+    )
+
+
+@dataclass(slots=True, eq=False)
+class JobSpec:
+    """Everything the scheduler needs to (re)create a job in the engine."""
+
+    id: str
+    name: str
+    func: Callable[..., Any]
+    func_ref: str
+    is_async: bool
+    trigger: TriggerSpec
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: JobDefaults
+    paused: bool
+    declared: bool
+    """True for decorator jobs, False for jobs added at run time."""
+
+
+def validate_job_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError(f"job id must be a non-empty string, got {job_id!r}")
+    return job_id
+
+
+def job_id_for(func: Callable[..., Any], options: Mapping[str, Any]) -> str:
+    """The ``id`` option, or ``"module:qualname"`` of ``func``."""
+    job_id = options.get("id")
+    return callable_name(func) if job_id is None else validate_job_id(job_id)
+
+
+def make_spec(
+    func: Callable[..., Any],
+    job_id: str,
+    trigger: TriggerSpec,
+    options: Mapping[str, Any],
+    defaults: JobDefaults,
+    *,
+    declared: bool,
+) -> JobSpec:
+    """Validate ``options`` against :data:`VALID_OPTIONS` and ``defaults``; raise ValueError."""
+    if not callable(func):
+        raise TypeError(f"job {job_id!r}: expected a callable, got {func!r}")
+    unknown = sorted(set(options) - set(VALID_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"job {job_id!r}: unknown option {unknown[0]!r}; valid options: "
+            f"{', '.join(VALID_OPTIONS)}"
+        )
+    overrides = {key: value for key, value in options.items() if key in JobDefaults.model_fields}
+    try:
+        resolved = defaults.model_copy(update={}) if not overrides else JobDefaults.model_validate(
+            {**defaults.model_dump(), **overrides}
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise ValueError(
+            f"job {job_id!r}: invalid {field} {error['input']!r}: {error['msg'].lower()}"
+        ) from None
+    name = options.get("name", getattr(func, "__name__", None) or job_id)
+    args = options.get("args", ())
+    kwargs = options.get("kwargs", {})
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise ValueError(f"job {job_id!r}: args must be a list or tuple, got {args!r}")
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"job {job_id!r}: kwargs must be a mapping, got {kwargs!r}")
+    return JobSpec(
+        id=job_id,
+        name=str(name),
+        func=func,
+        func_ref=callable_name(func),
+        is_async=is_async_callable(func),
+        trigger=trigger,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        options=resolved,
+        paused=bool(options.get("paused", False)),
+        declared=declared,
+    )

@@ -1,0 +1,114 @@
+"""What the scheduler tells users about jobs and runs: pydantic models, JSON-ready."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Outcome(str, Enum):
+    """How one run attempt ended."""
+
+    success = "success"
+    error = "error"
+    timed_out = "timed_out"
+    cancelled = "cancelled"
+    skipped = "skipped"
+    """The job was already running ``max_instances`` times: the fire was not run."""
+    missed = "missed"
+    """The fire could not start within ``misfire_grace_time``: it was not run."""
+    abandoned = "abandoned"
+    """The process running it died."""
+
+
+class RunInfo(BaseModel):
+    """One attempt of one fire of a job."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str = Field(description="Unique id of this attempt.")
+    job_id: str
+    attempt: int = Field(1, ge=1, description="1 for the first attempt, 2 for the first retry...")
+    scheduled_at: datetime = Field(
+        description="The fire time (without jitter), or the request time of a run-now."
+    )
+    started_at: datetime | None = Field(None, description="None if the run never started.")
+    finished_at: datetime | None = Field(None, description="None while the run is in progress.")
+    duration: float | None = Field(None, description="Seconds from start to finish.")
+    outcome: Outcome | None = Field(None, description="None while the run is in progress.")
+    error_type: str | None = Field(None, description="Exception class name, if any.")
+    error_message: str | None = Field(None, description="Exception message (traceback is logged).")
+
+
+class RunCounts(BaseModel):
+    """Finished attempts of a job since the scheduler started, per outcome."""
+
+    model_config = ConfigDict(frozen=True)
+
+    success: int = 0
+    error: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    missed: int = 0
+    abandoned: int = 0
+
+
+class TriggerInfo(BaseModel):
+    """When a job fires."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["interval", "cron", "date"]
+    description: str = Field(description='Plain English, e.g. "Every 30 seconds".')
+    timezone: str
+    interval_seconds: float | None = Field(None, description="Interval jobs: seconds between runs.")
+    expression: str | None = Field(None, description="Cron jobs declared with a crontab string.")
+    fields: dict[str, str] | None = Field(None, description="Cron jobs declared with fields.")
+    run_at: datetime | None = Field(None, description="Date jobs: the one run time.")
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+class JobInfo(BaseModel):
+    """A job as the scheduler holds it now."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    func: str = Field(description='"module:qualname" of the callable.')
+    trigger: TriggerInfo
+    next_run_time: datetime | None = Field(
+        None, description="In the configured timezone; None when paused, finished or not started."
+    )
+    paused: bool
+    timeout: float | None
+    max_instances: int
+    coalesce: bool
+    misfire_grace_time: float | None
+    retries: int
+    retry_delay: float
+    jitter: float
+    running: int = Field(0, description="Runs of this job in progress now.")
+    last_run: RunInfo | None = None
+    counts: RunCounts = Field(default_factory=RunCounts)
+
+
+SchedulerState = Literal["stopped", "starting", "running", "stopping", "failed"]
+
+
+class SchedulerStatus(BaseModel):
+    """The scheduler's own health."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: SchedulerState
+    started_at: datetime | None = None
+    engine_restarts: int = Field(0, description="Times the engine was restarted after a crash.")
+    last_engine_error: str | None = None
+    job_count: int = 0
+    runs_in_progress: int = 0

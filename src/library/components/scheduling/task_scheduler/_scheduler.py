@@ -1,0 +1,663 @@
+"""TaskScheduler: declarations, lifecycle and management, on APScheduler 4's AsyncScheduler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio import TASK_STATUS_IGNORED, CancelScope
+from anyio.abc import TaskGroup, TaskStatus
+from apscheduler import AsyncScheduler, CoalescePolicy, ConflictPolicy, Schedule, TaskLookupError
+from apscheduler.eventbrokers.local import LocalEventBroker
+
+from ._config import SchedulerConfig
+from ._errors import DuplicateJobError, JobNotFoundError, SchedulerStateError, engine_errors
+from ._executor import RUN_REQUEST_KEY, RunRecord, TaskExecutor, logger
+from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
+from ._models import JobInfo, RunInfo, SchedulerState, SchedulerStatus
+from ._stores import MemoryStore
+from ._triggers import CronSpec, DateSpec, IntervalSpec, TriggerSpec
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from typing import Unpack
+    else:
+        from typing_extensions import Unpack
+
+F = TypeVar("F", bound=Callable[..., Any])
+RunHook = Callable[[RunInfo], Any]
+
+EXECUTOR_NAME = "task_scheduler"
+RESTART_DELAY_FIRST = 1.0
+RESTART_DELAY_MAX = 30.0
+RESTARTS_ALLOWED = 5
+RESTART_WINDOW = 300.0
+HOOK_BUFFER = 10_000
+TEARDOWN_GRACE = 5.0
+"""Seconds shutdown gives queued hooks and engine teardown, after the jobs are done."""
+
+engine_logger = logging.getLogger("library.components.scheduling.task_scheduler.engine")
+if engine_logger.level == logging.NOTSET:
+    # APScheduler logs every run at INFO; ours already does, once, with the outcome.
+    engine_logger.setLevel(logging.WARNING)
+
+
+def _root_message(exc: BaseException) -> str:
+    """The first real error inside (possibly nested) exception groups, as 'Type: message'."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class TaskScheduler:
+    """Schedules async and sync callables, and runs them on an anyio event loop.
+
+    Declare jobs with :meth:`interval`, :meth:`cron` and :meth:`at`, or add them at run
+    time with the ``add_*_job`` methods; run the scheduler with ``async with scheduler:``,
+    ``FastAPI(lifespan=scheduler.lifespan)``, or :meth:`start` and :meth:`shutdown` called
+    from the same task.
+    """
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config if config is not None else SchedulerConfig()
+        self._tz = self.config.tzinfo
+        self._specs: dict[str, JobSpec] = {}
+        self._finished: set[str] = set()
+        """Jobs whose trigger has nothing left to fire (not in the engine)."""
+        self._executor = TaskExecutor(
+            tz=self._tz,
+            history_size=self.config.history_size,
+            thread_limit=self.config.max_concurrent_jobs,
+        )
+        self._hooks: list[RunHook] = []
+        self._state: SchedulerState = "stopped"
+        self._engine: AsyncScheduler | None = None
+        self._exit_stack: AsyncExitStack | None = None
+        self._task_group: TaskGroup | None = None
+        self._stopping = False
+        self._stopped_event: anyio.Event | None = None
+        self._hook_send: Any = None
+        self._hooks_dropped = 0
+        self._started_at: datetime | None = None
+        self._engine_restarts = 0
+        self._last_engine_error: str | None = None
+        self._identity = f"{platform.node()}:{os.getpid()}:{id(self):x}"
+
+    # ------------------------------------------------------------------ declaring jobs
+
+    def interval(
+        self,
+        *,
+        weeks: float = 0,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        **options: Unpack[JobOptions],
+    ) -> Callable[[F], F]:
+        """Run the decorated function every given interval (first run one interval after start)."""
+
+        def decorate(func: F) -> F:
+            job_id = job_id_for(func, options)
+            trigger = IntervalSpec(
+                weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds,
+                start=start, end=end, tz=self._tz,
+            )  # fmt: skip
+            self._declare(func, job_id, trigger, options)
+            return func
+
+        return decorate
+
+    def cron(
+        self,
+        expression: str | None = None,
+        *,
+        year: int | str | None = None,
+        month: int | str | None = None,
+        day: int | str | None = None,
+        week: int | str | None = None,
+        day_of_week: int | str | None = None,
+        hour: int | str | None = None,
+        minute: int | str | None = None,
+        second: int | str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        **options: Unpack[JobOptions],
+    ) -> Callable[[F], F]:
+        """Run the decorated function when a cron expression or cron fields match."""
+        fields = {
+            "year": year, "month": month, "day": day, "week": week,
+            "day_of_week": day_of_week, "hour": hour, "minute": minute, "second": second,
+        }  # fmt: skip
+
+        def decorate(func: F) -> F:
+            job_id = job_id_for(func, options)
+            trigger = CronSpec(
+                expression, fields, start=start, end=end, tz=self._tz, hash_id=job_id
+            )
+            self._declare(func, job_id, trigger, options)
+            return func
+
+        return decorate
+
+    def at(self, when: datetime, **options: Unpack[JobOptions]) -> Callable[[F], F]:
+        """Run the decorated function once, at ``when`` (naive: in the configured timezone)."""
+
+        def decorate(func: F) -> F:
+            job_id = job_id_for(func, options)
+            self._declare(func, job_id, DateSpec(when, tz=self._tz), options)
+            return func
+
+        return decorate
+
+    def _declare(
+        self, func: Callable[..., Any], job_id: str, trigger: TriggerSpec, options: Mapping[str, Any]
+    ) -> None:
+        if self._state != "stopped":
+            raise SchedulerStateError(
+                f"cannot declare job {job_id!r} with a decorator while the scheduler runs; "
+                f"use add_interval_job(), add_cron_job() or add_date_job() at run time"
+            )
+        spec = make_spec(func, job_id, trigger, options, self.config.job_defaults, declared=True)
+        self._register(spec)
+
+    def _register(self, spec: JobSpec) -> None:
+        if spec.id in self._specs:
+            raise DuplicateJobError(spec.id)
+        self._specs[spec.id] = spec
+        self._executor.register(spec)
+
+    # ------------------------------------------------------------------ adding at run time
+
+    async def add_interval_job(
+        self,
+        func: Callable[..., Any],
+        job_id: str,
+        *,
+        weeks: float = 0,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        **options: Unpack[JobOptions],
+    ) -> JobInfo:
+        """Add a job that runs every given interval; usable before or after :meth:`start`."""
+        trigger = IntervalSpec(
+            weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds,
+            start=start, end=end, tz=self._tz,
+        )  # fmt: skip
+        return await self._add(func, job_id, trigger, options)
+
+    async def add_cron_job(
+        self,
+        func: Callable[..., Any],
+        job_id: str,
+        cron_expression: str | None = None,
+        *,
+        year: int | str | None = None,
+        month: int | str | None = None,
+        day: int | str | None = None,
+        week: int | str | None = None,
+        day_of_week: int | str | None = None,
+        hour: int | str | None = None,
+        minute: int | str | None = None,
+        second: int | str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        **options: Unpack[JobOptions],
+    ) -> JobInfo:
+        """Add a job that runs when a cron expression (or cron fields) match."""
+        fields = {
+            "year": year, "month": month, "day": day, "week": week,
+            "day_of_week": day_of_week, "hour": hour, "minute": minute, "second": second,
+        }  # fmt: skip
+        job_id = self._check_job_id(job_id, options)
+        trigger = CronSpec(
+            cron_expression, fields, start=start, end=end, tz=self._tz, hash_id=job_id
+        )
+        return await self._add(func, job_id, trigger, options)
+
+    async def add_date_job(
+        self, func: Callable[..., Any], job_id: str, run_at: datetime, **options: Unpack[JobOptions]
+    ) -> JobInfo:
+        """Add a job that runs once at ``run_at`` (a time already past runs at once)."""
+        return await self._add(func, job_id, DateSpec(run_at, tz=self._tz), options)
+
+    @staticmethod
+    def _check_job_id(job_id: str, options: Mapping[str, Any]) -> str:
+        if "id" in options and options["id"] != job_id:
+            raise ValueError(f"give the job id once: job_id={job_id!r} but id={options['id']!r}")
+        return validate_job_id(job_id)
+
+    async def _add(
+        self,
+        func: Callable[..., Any],
+        job_id: str,
+        trigger: TriggerSpec,
+        options: Mapping[str, Any],
+    ) -> JobInfo:
+        job_id = self._check_job_id(job_id, options)
+        options = {key: value for key, value in options.items() if key != "id"}
+        spec = make_spec(func, job_id, trigger, options, self.config.job_defaults, declared=False)
+        self._register(spec)
+        if self._engine is not None and self._state in ("running", "starting"):
+            try:
+                await self._install(self._engine, spec, _utcnow(), allow_past=True)
+            except BaseException:
+                self._specs.pop(spec.id, None)
+                self._executor.unregister(spec.id)
+                raise
+        return await self.get_job(job_id)
+
+    async def _install(
+        self, engine: AsyncScheduler, spec: JobSpec, now: datetime, *, allow_past: bool
+    ) -> None:
+        """Hand one job to the engine: its task (by explicit id) and its schedule."""
+        trigger = spec.trigger.build(now, allow_past=allow_past)
+        if trigger is None:
+            self._finished.add(spec.id)
+            runtime = self._executor.jobs.get(spec.id)
+            if isinstance(spec.trigger, DateSpec) and (runtime is None or runtime.last is None):
+                logger.warning(
+                    "one-time job %r was due at %s, which passed before the scheduler started: "
+                    "it will not run",
+                    spec.id,
+                    spec.trigger.run_at.astimezone(self._tz).isoformat(),
+                )
+            return
+        self._finished.discard(spec.id)
+        with engine_errors(spec.id):
+            # Traps 1 and 2 (4.0.0a6): configure the task by explicit id and schedule by that
+            # id, never by the callable: scheduling by callable resets the task's settings,
+            # and closures, lambdas and bound methods cannot be referenced by name.
+            await engine.configure_task(
+                spec.id,
+                func=spec.func,
+                job_executor=EXECUTOR_NAME,
+                max_running_jobs=None,  # max_instances is ours: skip, never queue (trap 7)
+                misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
+            )
+            await engine.add_schedule(
+                spec.id,
+                trigger,
+                id=spec.id,
+                paused=spec.paused,
+                coalesce=CoalescePolicy.latest if spec.options.coalesce else CoalescePolicy.all,
+                misfire_grace_time=None,
+                # Trap 11 (4.0.0a6): the default do_nothing keeps an old definition silently.
+                conflict_policy=ConflictPolicy.exception,
+            )
+
+    # ------------------------------------------------------------------ managing jobs
+
+    def _spec(self, job_id: str) -> JobSpec:
+        try:
+            return self._specs[job_id]
+        except KeyError:
+            raise JobNotFoundError(job_id) from None
+
+    def _live_engine(self) -> AsyncScheduler | None:
+        return self._engine if self._state in ("running", "starting") else None
+
+    async def pause_job(self, job_id: str) -> JobInfo:
+        """Stop firing the job until :meth:`resume_job`; a run in progress goes on."""
+        spec = self._spec(job_id)
+        if not spec.paused:
+            spec.paused = True
+            engine = self._live_engine()
+            if engine is not None and job_id not in self._finished:
+                with engine_errors(job_id):
+                    await engine.pause_schedule(job_id)
+        return await self.get_job(job_id)
+
+    async def resume_job(self, job_id: str) -> JobInfo:
+        """Fire the job again, from now on: fires missed while paused are not run."""
+        spec = self._spec(job_id)
+        if spec.paused:
+            spec.paused = False
+            engine = self._live_engine()
+            if engine is not None and job_id not in self._finished:
+                with engine_errors(job_id):
+                    await engine.unpause_schedule(job_id, resume_from="now")
+        return await self.get_job(job_id)
+
+    async def remove_job(self, job_id: str) -> None:
+        """Remove the job; a run in progress is allowed to finish."""
+        self._spec(job_id)
+        engine = self._live_engine()
+        if engine is not None:
+            await engine.remove_schedule(job_id)
+            try:
+                await engine.data_store.remove_task(job_id)
+            except TaskLookupError:
+                pass
+        del self._specs[job_id]
+        self._finished.discard(job_id)
+        self._executor.unregister(job_id)
+
+    async def get_job(self, job_id: str) -> JobInfo:
+        """The job with this id; :class:`JobNotFoundError` if there is none."""
+        spec = self._spec(job_id)
+        schedule: Schedule | None = None
+        engine = self._live_engine()
+        if engine is not None and job_id not in self._finished:
+            schedules = await engine.data_store.get_schedules({job_id})
+            schedule = schedules[0] if schedules else None
+        return self._job_info(spec, schedule)
+
+    async def get_jobs(self) -> list[JobInfo]:
+        """Every job, in the order they were added."""
+        schedules: dict[str, Schedule] = {}
+        engine = self._live_engine()
+        if engine is not None:
+            schedules = {s.id: s for s in await engine.data_store.get_schedules()}
+        return [self._job_info(spec, schedules.get(spec.id)) for spec in self._specs.values()]
+
+    def _job_info(self, spec: JobSpec, schedule: Schedule | None) -> JobInfo:
+        runtime = self._executor.jobs[spec.id]
+        next_run: datetime | None = None
+        if schedule is not None and not spec.paused and schedule.next_fire_time is not None:
+            next_run = schedule.next_fire_time.astimezone(self._tz)
+        options = spec.options
+        return JobInfo(
+            id=spec.id,
+            name=spec.name,
+            func=spec.func_ref,
+            trigger=spec.trigger.info(),
+            next_run_time=next_run,
+            paused=spec.paused,
+            timeout=options.timeout,
+            max_instances=options.max_instances,
+            coalesce=options.coalesce,
+            misfire_grace_time=options.misfire_grace_time,
+            retries=options.retries,
+            retry_delay=options.retry_delay,
+            jitter=options.jitter,
+            running=runtime.running,
+            last_run=self._executor.last_run(runtime),
+            counts=runtime.run_counts(),
+        )
+
+    async def get_runs(self, job_id: str, limit: int | None = None) -> list[RunInfo]:
+        """Recent runs of the job, newest first (runs in progress included)."""
+        self._spec(job_id)
+        return self._executor.runs(job_id, self.config.history_size if limit is None else limit)
+
+    async def run_job(self, job_id: str, *, wait: bool = True) -> RunInfo:
+        """Fire the job once now, outside its schedule, under all its rules.
+
+        With ``wait=True`` returns the fire's final attempt; with ``wait=False``, at once,
+        the in-progress first attempt. A fire at the ``max_instances`` limit is ``skipped``.
+        """
+        self._spec(job_id)
+        engine = self._live_engine()
+        if engine is None or self._stopping:
+            raise SchedulerStateError(
+                f"cannot run job {job_id!r} now: the scheduler is {self._state}"
+            )
+        request, record, seq = self._executor.request_run(job_id)
+        if request is not None:
+            try:
+                with engine_errors(job_id):
+                    await engine.add_job(job_id, metadata={RUN_REQUEST_KEY: seq})
+            except BaseException:
+                self._executor.cancel_request(seq)
+                raise
+            if wait:
+                await request.done.wait()
+                record = request.final or request.record
+        return record.info(self._executor.prefix, self._tz)
+
+    # ------------------------------------------------------------------ hooks and status
+
+    def on_run_finished(self, callback: RunHook) -> RunHook:
+        """Call ``callback(run_info)`` (sync or async) after every finished run attempt.
+
+        Hooks run one at a time in a task of the scheduler's, never inside a job; a hook
+        that raises is logged and changes nothing else. Usable as a decorator.
+        """
+        self._hooks.append(callback)
+        self._executor.finished_sink = self._send_to_hooks
+        return callback
+
+    def _send_to_hooks(self, record: RunRecord) -> None:
+        if self._hook_send is None:
+            return
+        try:
+            self._hook_send.send_nowait(record)
+        except anyio.WouldBlock:
+            self._hooks_dropped += 1
+            if self._hooks_dropped == 1 or self._hooks_dropped % 1000 == 0:
+                logger.warning(
+                    "on_run_finished hooks are %d runs behind; %d run(s) not delivered so far",
+                    HOOK_BUFFER,
+                    self._hooks_dropped,
+                )
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    async def _dispatch_hooks(self, receive: Any) -> None:
+        async with receive:
+            async for record in receive:
+                info = record.info(self._executor.prefix, self._tz)
+                for hook in list(self._hooks):
+                    try:
+                        result = hook(info)
+                        if hasattr(result, "__await__"):
+                            await result
+                    except Exception:
+                        logger.exception("on_run_finished hook %r failed", hook)
+
+    async def get_status(self) -> SchedulerStatus:
+        """The scheduler's state, engine restarts and last engine error, and run counts."""
+        return SchedulerStatus(
+            state=self._state,
+            started_at=None if self._started_at is None else self._started_at.astimezone(self._tz),
+            engine_restarts=self._engine_restarts,
+            last_engine_error=self._last_engine_error,
+            job_count=len(self._specs),
+            runs_in_progress=self._executor.in_progress,
+        )
+
+    @property
+    def state(self) -> SchedulerState:
+        """``stopped``, ``starting``, ``running``, ``stopping`` or ``failed``."""
+        return self._state
+
+    @property
+    def timezone(self) -> str:
+        return self.config.timezone
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _make_engine(self) -> AsyncScheduler:
+        return AsyncScheduler(
+            data_store=MemoryStore(),
+            event_broker=LocalEventBroker(),
+            identity=self._identity,
+            max_concurrent_jobs=self.config.max_concurrent_jobs,
+            job_executors={EXECUTOR_NAME: self._executor},
+            logger=engine_logger,
+        )
+
+    async def start(self) -> None:
+        """Start running jobs. Call :meth:`shutdown` later *from the same task*."""
+        if self._state not in ("stopped", "failed"):
+            raise SchedulerStateError(f"cannot start: the scheduler is already {self._state}")
+        if self._exit_stack is not None:  # a failed run left its scope open
+            await self._close_scope()
+        self._state = "starting"
+        self._stopping = False
+        self._engine_restarts = 0
+        self._last_engine_error = None
+        self._executor.open()
+        stack = AsyncExitStack()
+        try:
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            send, receive = anyio.create_memory_object_stream[RunRecord](HOOK_BUFFER)
+            self._hook_send = send
+            task_group.start_soon(self._dispatch_hooks, receive, name="task_scheduler hooks")
+            self._engine = self._make_engine()
+            await task_group.start(self._supervise, name="task_scheduler engine supervisor")
+        except BaseException:
+            self._state = "stopped"
+            self._engine = None
+            self._hook_send = None
+            await stack.aclose()
+            raise
+        self._exit_stack = stack
+        self._task_group = task_group
+        self._started_at = _utcnow()
+        self._state = "running"
+        logger.info("task scheduler started with %d job(s)", len(self._specs))
+
+    async def _close_hooks(self) -> None:
+        send, self._hook_send = self._hook_send, None
+        if send is not None:
+            await send.aclose()
+
+    async def _install_all(self, engine: AsyncScheduler) -> None:
+        now = _utcnow()
+        for spec in list(self._specs.values()):
+            await self._install(engine, spec, now, allow_past=False)
+
+    async def _supervise(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Run the engine; restart it with backoff if it crashes (trap 6), then give up."""
+        assert self._engine is not None
+        engine = self._engine
+        installed = started = False
+        delay = RESTART_DELAY_FIRST
+        crashes: deque[float] = deque()
+        while True:
+            try:
+                async with engine:
+                    if not installed:
+                        await self._install_all(engine)
+                        installed = True
+                    await engine.start_in_background()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    elif self._state == "starting":
+                        self._state = "running"
+                        logger.warning("APScheduler engine restarted")
+                    await engine.wait_until_stopped()
+                if self._stopping:
+                    return
+                raise RuntimeError("the APScheduler engine stopped on its own")
+            except Exception as exc:
+                if not started:
+                    raise
+                if self._stopping:
+                    return
+                message = _root_message(exc)
+                self._last_engine_error = message
+                now = time.monotonic()
+                crashes.append(now)
+                while crashes and crashes[0] < now - RESTART_WINDOW:
+                    crashes.popleft()
+                if len(crashes) > RESTARTS_ALLOWED:
+                    self._state = "failed"
+                    logger.critical(
+                        "APScheduler engine crashed %d times in %.0f s, giving up: %s; "
+                        "no job will run until the scheduler is restarted",
+                        len(crashes),
+                        RESTART_WINDOW,
+                        message,
+                        exc_info=exc,
+                    )
+                    return
+                self._state = "starting"
+                logger.critical(
+                    "APScheduler engine crashed: %s; restarting in %.0f s", message, delay,
+                    exc_info=exc,
+                )  # fmt: skip
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RESTART_DELAY_MAX)
+                self._engine_restarts += 1
+                if self._stopping:
+                    return
+
+    async def shutdown(self) -> None:
+        """Stop: no new runs; running jobs get ``shutdown_timeout`` seconds, then are cancelled.
+
+        Returns when no task of the scheduler's is left. Must be called from the task that
+        called :meth:`start`. A no-op when the scheduler is stopped.
+        """
+        if self._exit_stack is None or self._state == "stopping":
+            return
+        self._state = "stopping"
+        # The drain is shielded: a cancelled owner (Ctrl-C) still gives jobs their time.
+        with CancelScope(shield=True):
+            self._executor.begin_drain()
+            timeout = self.config.shutdown_timeout
+            if not await self._executor.wait_idle(timeout):
+                logger.warning(
+                    "shutdown: run(s) of %s still in progress after %s s; cancelling them",
+                    ", ".join(repr(job_id) for job_id in self._executor.running_jobs()),
+                    timeout,
+                )
+            self._stopping = True
+            if self._engine is not None:
+                await self._engine.stop()
+            await self._close_hooks()
+        await self._close_scope()
+        logger.info("task scheduler stopped")
+
+    async def _close_scope(self) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        try:
+            if self._task_group is not None:
+                # Queued hooks and the engine's teardown get a short grace, then are cancelled.
+                # (A deadline on the group's own scope: a new scope around its exit would
+                # break the nesting of cancel scopes.)
+                self._task_group.cancel_scope.deadline = anyio.current_time() + TEARDOWN_GRACE
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            self._executor.cancel_pending_requests()
+            self._task_group = None
+            self._engine = None
+            self._state = "stopped"
+
+    async def __aenter__(self) -> TaskScheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[dict[str, Any]]:
+        """A FastAPI/Starlette lifespan: ``FastAPI(lifespan=scheduler.lifespan)``.
+
+        Yields the lifespan state ``{"task_scheduler": scheduler}``.
+        """
+        async with self:
+            yield {"task_scheduler": self}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+

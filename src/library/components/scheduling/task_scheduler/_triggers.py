@@ -1,0 +1,224 @@
+"""Decorator arguments -> trigger specs -> APScheduler triggers.
+
+A *trigger spec* is our own, validated description of when a job fires. It is made when a
+job is declared (so bad input fails there), and turned into a fresh, stateful APScheduler
+trigger each time the job is handed to the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from apscheduler.abc import Trigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from ._cron import CronTrigger
+from ._models import TriggerInfo
+
+CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+
+
+def as_aware(value: datetime, tz: ZoneInfo, what: str) -> datetime:
+    """Read a naive datetime in ``tz`` (never the machine's zone: trap 15); keep aware ones."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime, got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.replace(tzinfo=tz)
+    return value
+
+
+class TriggerSpec(ABC):
+    """When a job fires, as declared."""
+
+    __slots__ = ("end", "start", "tz")
+
+    def __init__(self, tz: ZoneInfo, start: datetime | None, end: datetime | None) -> None:
+        self.tz = tz
+        self.start = None if start is None else as_aware(start, tz, "start")
+        self.end = None if end is None else as_aware(end, tz, "end")
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise ValueError(f"end {self.end.isoformat()} is before start {self.start.isoformat()}")
+
+    @abstractmethod
+    def build(self, now: datetime, *, allow_past: bool = False) -> Trigger | None:
+        """A fresh engine trigger, first firing from ``now`` on; None if it never fires again.
+
+        ``allow_past``: a one-time job added while the scheduler runs still fires if its time
+        has just passed (a declared one whose time passed before start does not).
+        """
+
+    @abstractmethod
+    def info(self) -> TriggerInfo:
+        """The spec as users see it."""
+
+    def _local(self, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(self.tz)
+
+
+def _plural(count: int, unit: str) -> str:
+    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
+
+
+def describe_interval(interval: timedelta) -> str:
+    """``timedelta(minutes=5)`` -> ``"Every 5 minutes"``; one unit -> ``"Every minute"``."""
+    total = interval.total_seconds()
+    parts: list[str] = []
+    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        count, total = divmod(total, size)
+        if count:
+            parts.append(_plural(int(count), unit))
+    if total:
+        seconds = int(total) if float(total).is_integer() else round(total, 6)
+        parts.append(f"{seconds} second" + ("" if seconds == 1 else "s"))
+    if len(parts) == 1 and parts[0].startswith("1 "):
+        return f"Every {parts[0][2:]}"
+    return "Every " + " ".join(parts)
+
+
+class IntervalSpec(TriggerSpec):
+    """Fires every ``interval``; the first fire is one interval after start, unless ``start``."""
+
+    __slots__ = ("interval",)
+
+    def __init__(
+        self,
+        *,
+        weeks: float = 0,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        tz: ZoneInfo,
+    ) -> None:
+        super().__init__(tz, start, end)
+        given = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes}
+        given["seconds"] = seconds
+        for unit, value in given.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"interval {unit} must be a number >= 0, got {value!r}")
+        self.interval = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
+        self.interval += timedelta(seconds=seconds)
+        if self.interval <= timedelta(0):
+            raise ValueError(
+                "interval must be positive: give weeks, days, hours, minutes or seconds > 0"
+            )
+
+    def first_fire(self, now: datetime) -> datetime:
+        if self.start is None:
+            return now + self.interval
+        if self.start >= now:
+            return self.start
+        # A start in the past keeps its phase: the first fire is the next one on its grid.
+        steps = math.ceil((now - self.start) / self.interval)
+        return self.start + steps * self.interval
+
+    def build(self, now: datetime, *, allow_past: bool = False) -> Trigger | None:
+        first = self.first_fire(now)
+        if self.end is not None and first > self.end:
+            return None
+        return IntervalTrigger(
+            seconds=self.interval.total_seconds(), start_time=first, end_time=self.end
+        )
+
+    def info(self) -> TriggerInfo:
+        return TriggerInfo(
+            type="interval",
+            description=describe_interval(self.interval),
+            timezone=self.tz.key,
+            interval_seconds=self.interval.total_seconds(),
+            start=self._local(self.start),
+            end=self._local(self.end),
+        )
+
+
+class CronSpec(TriggerSpec):
+    """Fires when the wall-clock time in ``tz`` matches a cron expression or cron fields."""
+
+    __slots__ = ("_probe", "expression", "fields", "hash_id")
+
+    def __init__(
+        self,
+        expression: str | None,
+        fields: Mapping[str, int | str | None],
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        tz: ZoneInfo,
+        hash_id: str,
+    ) -> None:
+        super().__init__(tz, start, end)
+        given = {name: value for name, value in fields.items() if value is not None}
+        if expression is not None and given:
+            raise ValueError(
+                f"give a cron expression or cron fields, not both (got {expression!r} "
+                f"and {', '.join(given)})"
+            )
+        if expression is None and not given:
+            raise ValueError(
+                "a cron job needs an expression such as '0 2 * * *' or at least one field "
+                f"of: {', '.join(CRON_FIELDS)}"
+            )
+        if expression is not None and not isinstance(expression, str):
+            raise ValueError(f"cron expression must be a string, got {expression!r}")
+        self.expression = expression
+        self.fields = given or None
+        self.hash_id = hash_id
+        # Built once now, so that every mistake in the expression fails at declaration.
+        self._probe = self._make(self.start)
+
+    def _make(self, start: datetime | None) -> CronTrigger:
+        return CronTrigger(
+            self.expression,
+            fields=self.fields,
+            timezone=self.tz.key,
+            start_time=start,
+            end_time=self.end,
+            hash_id=self.hash_id,
+        )
+
+    def build(self, now: datetime, *, allow_past: bool = False) -> Trigger | None:
+        start = now if self.start is None or self.start < now else self.start
+        return self._make(start)
+
+    def info(self) -> TriggerInfo:
+        fields = self._probe.fields_dict()
+        return TriggerInfo(
+            type="cron",
+            description=self._probe.describe(),
+            timezone=self.tz.key,
+            expression=self.expression,
+            fields=fields,
+            start=self._local(self.start),
+            end=self._local(self.end),
+        )
+
+
+class DateSpec(TriggerSpec):
+    """Fires once, at ``run_at``."""
+
+    __slots__ = ("run_at",)
+
+    def __init__(self, run_at: datetime, *, tz: ZoneInfo) -> None:
+        super().__init__(tz, None, None)
+        self.run_at = as_aware(run_at, tz, "run time")
+
+    def build(self, now: datetime, *, allow_past: bool = False) -> Trigger | None:
+        if self.run_at < now and not allow_past:
+            return None
+        return DateTrigger(self.run_at)
+
+    def info(self) -> TriggerInfo:
+        local = self.run_at.astimezone(self.tz)
+        return TriggerInfo(
+            type="date",
+            description=f"Once at {local:%Y-%m-%d %H:%M:%S} ({self.tz.key})",
+            timezone=self.tz.key,
+            run_at=local,
+        )
