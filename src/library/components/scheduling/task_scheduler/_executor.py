@@ -195,9 +195,8 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
         """Run-now requests the engine never picked up end as ``cancelled``."""
         for request in self._requests.values():
             record = request.record
-            record.finished_at = _now()
-            self._finish(request.runtime, record, Outcome.cancelled, None, "scheduler stopped")
-            request.runtime.running -= 1
+            self._end(request.runtime, record, Outcome.cancelled, None, "scheduler stopped")
+            self._release(request.runtime)
             request.final = record
             request.done.set()
         self._requests.clear()
@@ -215,8 +214,7 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
             record.finished_at = record.scheduled_at
             self._finish(runtime, record, Outcome.skipped, None, None)
             return None, record, seq
-        runtime.running += 1
-        runtime.active.append(record)
+        self._hold(runtime, record)
         request = RunRequest(runtime, record, anyio.Event())
         self._requests[seq] = request
         return request, record, seq
@@ -225,8 +223,8 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
         """Give back the slot of a run-now whose job could not be queued."""
         request = self._requests.pop(seq, None)
         if request is not None:
-            request.runtime.running -= 1
             request.runtime.active.remove(request.record)
+            self._release(request.runtime)
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -272,9 +270,20 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
             message = f"{runtime.running} run(s) in progress, max_instances is {options.max_instances}"
             self._finish(runtime, record, Outcome.skipped, None, message)
             return
+        self._hold(runtime, record)
+        await self._run_fire(runtime, record)
+
+    def _hold(self, runtime: JobRuntime, record: RunRecord) -> None:
+        """A fire takes its max_instances slot and counts as in progress until it ends."""
         runtime.running += 1
         runtime.active.append(record)
-        await self._run_fire(runtime, record)
+        self._in_progress += 1
+
+    def _release(self, runtime: JobRuntime) -> None:
+        runtime.running -= 1
+        self._in_progress -= 1
+        if self._in_progress == 0 and self._idle is not None:
+            self._idle.set()
 
     @staticmethod
     async def _jitter(jitter: float, grace: float | None, fire_time: datetime) -> None:
@@ -287,8 +296,7 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
             await anyio.sleep(random.uniform(0, limit))
 
     async def _run_fire(self, runtime: JobRuntime, record: RunRecord) -> RunRecord:
-        """All attempts of one fire (``runtime.running`` already counts it); the last attempt."""
-        self._in_progress += 1
+        """All attempts of one fire (:meth:`_hold` counted it); returns the last attempt."""
         try:
             options = runtime.spec.options
             while True:
@@ -307,10 +315,7 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
                     self._finish(runtime, record, Outcome.cancelled, None, "scheduler stopped")
                     return record
         finally:
-            runtime.running -= 1
-            self._in_progress -= 1
-            if self._in_progress == 0 and self._idle is not None:
-                self._idle.set()
+            self._release(runtime)
 
     async def _retry_wait(self, delay: float) -> bool:
         """Sleep before a retry; False if the scheduler began to shut down meanwhile."""

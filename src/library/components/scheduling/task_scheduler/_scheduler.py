@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -15,6 +16,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED, CancelScope
 from anyio.abc import TaskGroup, TaskStatus
 from apscheduler import AsyncScheduler, CoalescePolicy, ConflictPolicy, Schedule, TaskLookupError
@@ -86,7 +89,12 @@ class TaskScheduler:
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
         self._stopping = False
-        self._stopped_event: anyio.Event | None = None
+        self._drained: anyio.Event | None = None
+        self._stop_request: anyio.Event | None = None
+        self._loop_token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
+        self._cancel_owner_on_stop_request = False
+        self._watcher_scope: CancelScope | None = None
         self._hook_send: Any = None
         self._hooks_dropped = 0
         self._started_at: datetime | None = None
@@ -503,6 +511,10 @@ class TaskScheduler:
             await self._close_scope()
         self._state = "starting"
         self._stopping = False
+        self._drained = None
+        self._stop_request = anyio.Event()
+        self._loop_token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
         self._engine_restarts = 0
         self._last_engine_error = None
         self._executor.open()
@@ -512,6 +524,12 @@ class TaskScheduler:
             send, receive = anyio.create_memory_object_stream[RunRecord](HOOK_BUFFER)
             self._hook_send = send
             task_group.start_soon(self._dispatch_hooks, receive, name="task_scheduler hooks")
+            self._watcher_scope = await task_group.start(
+                self._watch_stop_request,
+                self._stop_request,
+                self._cancel_owner_on_stop_request,
+                name="task_scheduler stop requests",
+            )
             self._engine = self._make_engine()
             await task_group.start(self._supervise, name="task_scheduler engine supervisor")
         except BaseException:
@@ -597,46 +615,114 @@ class TaskScheduler:
         """Stop: no new runs; running jobs get ``shutdown_timeout`` seconds, then are cancelled.
 
         Returns when no task of the scheduler's is left. Must be called from the task that
-        called :meth:`start`. A no-op when the scheduler is stopped.
+        called :meth:`start` (structured concurrency: the scheduler's tasks live in a task
+        group that task owns). From elsewhere, use :meth:`request_stop`. A no-op when stopped.
         """
-        if self._exit_stack is None or self._state == "stopping":
-            return
-        self._state = "stopping"
-        # The drain is shielded: a cancelled owner (Ctrl-C) still gives jobs their time.
-        with CancelScope(shield=True):
-            self._executor.begin_drain()
-            timeout = self.config.shutdown_timeout
-            if not await self._executor.wait_idle(timeout):
-                logger.warning(
-                    "shutdown: run(s) of %s still in progress after %s s; cancelling them",
-                    ", ".join(repr(job_id) for job_id in self._executor.running_jobs()),
-                    timeout,
-                )
-            self._stopping = True
-            if self._engine is not None:
-                await self._engine.stop()
-            await self._close_hooks()
-        await self._close_scope()
-        logger.info("task scheduler stopped")
+        await self._shutdown(None, None, None)
 
-    async def _close_scope(self) -> None:
+    async def _shutdown(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool:
+        if self._exit_stack is None:
+            return False
+        await self._drain()
+        suppress = await self._close_scope(exc_type, exc_val, exc_tb)
+        logger.info("task scheduler stopped")
+        return suppress
+
+    def request_stop(self) -> None:
+        """Ask the scheduler to stop, from any task or thread (a signal handler, an endpoint).
+
+        Runs the same drain as :meth:`shutdown`. Inside ``async with scheduler:`` the block is
+        then cancelled, so the owner leaves it; with :meth:`start`/``lifespan`` the owner's
+        own :meth:`shutdown` finishes the job. A no-op when the scheduler is not running.
+        """
+        event, token = self._stop_request, self._loop_token
+        if event is None or event.is_set():
+            return
+        if threading.get_ident() == self._loop_thread:
+            event.set()
+            return
+        try:
+            anyio.from_thread.run_sync(event.set, token=token)
+        except anyio.RunFinishedError:
+            pass
+
+    async def _watch_stop_request(
+        self, event: anyio.Event, cancel_owner: bool, *, task_status: TaskStatus[CancelScope]
+    ) -> None:
+        with CancelScope() as scope:
+            task_status.started(scope)
+            await event.wait()
+            await self._drain()
+            if cancel_owner and self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        """No new runs; wait up to shutdown_timeout for running ones; stop the engine. Once.
+
+        Shielded: a cancelled owner (Ctrl-C, or request_stop's own cancellation of an
+        ``async with`` block) still gives running jobs their time and closes in order.
+        """
+        with CancelScope(shield=True):
+            if self._drained is not None:
+                await self._drained.wait()
+                return
+            self._drained = anyio.Event()
+            self._state = "stopping"
+            try:
+                self._executor.begin_drain()
+                timeout = self.config.shutdown_timeout
+                if not await self._executor.wait_idle(timeout):
+                    logger.warning(
+                        "shutdown: run(s) of %s still in progress after %s s; cancelling them",
+                        ", ".join(repr(job_id) for job_id in self._executor.running_jobs()),
+                        timeout,
+                    )
+                self._stopping = True
+                if self._engine is not None:
+                    await self._engine.stop()
+                await self._close_hooks()
+            finally:
+                self._drained.set()
+
+    async def _close_scope(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool:
+        """Leave the task group start() entered; True if it absorbed the owner's exception
+        (the cancellation :meth:`request_stop` sent into an ``async with`` block)."""
         stack, self._exit_stack = self._exit_stack, None
         try:
+            if self._watcher_scope is not None:
+                self._watcher_scope.cancel()
             if self._task_group is not None:
                 # Queued hooks and the engine's teardown get a short grace, then are cancelled.
                 # (A deadline on the group's own scope: a new scope around its exit would
                 # break the nesting of cancel scopes.)
                 self._task_group.cancel_scope.deadline = anyio.current_time() + TEARDOWN_GRACE
             if stack is not None:
-                await stack.aclose()
+                return bool(await stack.__aexit__(exc_type, exc_val, exc_tb))
+            return False
         finally:
             self._executor.cancel_pending_requests()
+            self._stop_request = None
+            self._watcher_scope = None
             self._task_group = None
             self._engine = None
             self._state = "stopped"
 
     async def __aenter__(self) -> TaskScheduler:
-        await self.start()
+        self._cancel_owner_on_stop_request = True
+        try:
+            await self.start()
+        finally:
+            self._cancel_owner_on_stop_request = False
         return self
 
     async def __aexit__(
@@ -644,8 +730,8 @@ class TaskScheduler:
         exc_type: type[BaseException] | None,
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown()
+    ) -> bool:
+        return await self._shutdown(exc_type, exc_val, exc_tb)
 
     @asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[dict[str, Any]]:
@@ -653,8 +739,11 @@ class TaskScheduler:
 
         Yields the lifespan state ``{"task_scheduler": scheduler}``.
         """
-        async with self:
+        await self.start()
+        try:
             yield {"task_scheduler": self}
+        finally:
+            await self.shutdown()
 
 
 def _utcnow() -> datetime:

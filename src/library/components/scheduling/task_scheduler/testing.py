@@ -27,7 +27,7 @@ async def wait_for_runs(
 ) -> list[RunInfo]:
     """Wait until ``job_id`` has finished ``count`` run attempts (of ``outcome``, if given).
 
-    Returns the job's recent runs, newest first. Raises :class:`TimeoutError` naming what
+    Returns the job's recent finished runs (of ``outcome``, if given), newest first. Raises :class:`TimeoutError` naming what
     was seen if that does not happen within ``timeout`` seconds.
     """
     seen = 0
@@ -36,7 +36,8 @@ async def wait_for_runs(
             counts = (await scheduler.get_job(job_id)).counts
             seen = getattr(counts, outcome.value) if outcome else sum(counts.model_dump().values())
             if seen >= count:
-                return await scheduler.get_runs(job_id)
+                runs = await scheduler.get_runs(job_id)
+                return [r for r in runs if r.outcome is not None and outcome in (None, r.outcome)]
             await anyio.sleep(0.01)
     what = f"{outcome.value} " if outcome else ""
     raise TimeoutError(
