@@ -32,6 +32,12 @@ class JobDefaults(BaseModel):
     jitter: float = Field(
         0.0, ge=0, description="Each run starts a random 0..jitter seconds after its fire time."
     )
+    max_staleness: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds without a successful run after which the job counts as stale "
+        "(health fails): a dead-man's switch.",
+    )
 
     @model_validator(mode="before")
     @classmethod

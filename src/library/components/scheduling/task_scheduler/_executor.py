@@ -102,6 +102,7 @@ class JobRuntime:
     active: list[RunRecord] = field(default_factory=list)
     counts: list[int] = field(default_factory=lambda: [0] * len(_OUTCOMES))
     last: RunRecord | None = None
+    last_success: datetime | None = None
 
     def run_counts(self) -> RunCounts:
         return RunCounts(**{o.value: n for o, n in zip(_OUTCOMES, self.counts, strict=True)})
@@ -415,6 +416,8 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
         runtime.history.appendleft(record)
         runtime.counts[_OUTCOME_INDEX[outcome]] += 1
         runtime.last = record
+        if outcome is Outcome.success:
+            runtime.last_success = record.finished_at
         level = _LOG_LEVELS[outcome]
         if logger.isEnabledFor(level):
             self._log(level, record, exc)

@@ -29,6 +29,7 @@ class JobOptions(TypedDict, total=False):
     retries: int
     retry_delay: float
     jitter: float
+    max_staleness: float | None
 
 
 _OWN_OPTIONS = ("id", "name", "args", "kwargs", "paused")

@@ -44,7 +44,7 @@ class RunInfo(BaseModel):
 
 
 class RunCounts(BaseModel):
-    """Finished attempts of a job since the scheduler started, per outcome."""
+    """Finished attempts of a job in this process, per outcome."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -93,6 +93,7 @@ class JobInfo(BaseModel):
     retries: int
     retry_delay: float
     jitter: float
+    max_staleness: float | None
     running: int = Field(0, description="Runs of this job in progress now.")
     last_run: RunInfo | None = None
     counts: RunCounts = Field(default_factory=RunCounts)
@@ -112,3 +113,7 @@ class SchedulerStatus(BaseModel):
     last_engine_error: str | None = None
     job_count: int = 0
     runs_in_progress: int = 0
+    stale_jobs: list[str] = Field(
+        default_factory=list,
+        description="Jobs with max_staleness whose last success (or the start) is older.",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import platform
@@ -46,6 +47,7 @@ RESTART_DELAY_MAX = 30.0
 RESTARTS_ALLOWED = 5
 RESTART_WINDOW = 300.0
 HOOK_BUFFER = 10_000
+PREVIEW_SKIP_LIMIT = 100_000
 TEARDOWN_GRACE = 5.0
 """Seconds shutdown gives queued hooks and engine teardown, after the jobs are done."""
 
@@ -396,10 +398,46 @@ class TaskScheduler:
             retries=options.retries,
             retry_delay=options.retry_delay,
             jitter=options.jitter,
+            max_staleness=options.max_staleness,
             running=runtime.running,
             last_run=self._executor.last_run(runtime),
             counts=runtime.run_counts(),
         )
+
+    async def preview(self, job_id: str, count: int = 10) -> list[datetime]:
+        """The next ``count`` fire times the job will really have, in the configured timezone.
+
+        From now on (or from the job's ``start``, when later). Empty for a finished job; for
+        a paused job, the times it would have if resumed now.
+        """
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1000:
+            raise ValueError(f"count must be an integer from 1 to 1000, got {count!r}")
+        spec = self._spec(job_id)
+        if job_id in self._finished:
+            return []
+        now = _utcnow()
+        times: list[datetime] = []
+        engine = self._live_engine()
+        schedules = [] if engine is None else await engine.data_store.get_schedules({job_id})
+        if schedules:
+            # Continue the engine's own trigger (a copy), so the preview is what will run.
+            schedule = schedules[0]
+            trigger = copy.deepcopy(schedule.trigger)
+            fire_time = schedule.next_fire_time
+        else:
+            trigger = spec.trigger.build(now, allow_past=not spec.declared)
+            fire_time = None if trigger is None else trigger.next()
+        skipped = 0
+        while fire_time is not None and len(times) < count:
+            if fire_time >= now or not spec.paused:
+                times.append(fire_time.astimezone(self._tz))
+            elif (skipped := skipped + 1) > PREVIEW_SKIP_LIMIT:
+                # Paused for very long on a short interval: resuming restarts the grid at now.
+                trigger = spec.trigger.build(now)
+                fire_time = None if trigger is None else trigger.next()
+                continue
+            fire_time = trigger.next() if trigger is not None else None
+        return times
 
     async def get_runs(self, job_id: str, limit: int | None = None) -> list[RunInfo]:
         """Recent runs of the job, newest first (runs in progress included)."""
@@ -480,7 +518,24 @@ class TaskScheduler:
             last_engine_error=self._last_engine_error,
             job_count=len(self._specs),
             runs_in_progress=self._executor.in_progress,
+            stale_jobs=self._stale_jobs(),
         )
+
+    def _stale_jobs(self) -> list[str]:
+        """Unpaused jobs with ``max_staleness`` whose last success (or start) is older than it."""
+        if self._started_at is None or self._state not in ("running", "starting", "failed"):
+            return []
+        now = _utcnow()
+        stale = []
+        for spec in self._specs.values():
+            limit = spec.options.max_staleness
+            if limit is None or spec.paused:
+                continue
+            last_success = self._executor.jobs[spec.id].last_success
+            since = self._started_at if last_success is None else max(last_success, self._started_at)
+            if (now - since).total_seconds() > limit:
+                stale.append(spec.id)
+        return stale
 
     @property
     def state(self) -> SchedulerState:
