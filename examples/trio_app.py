@@ -1,0 +1,57 @@
+"""The same scheduler in a plain trio program: no web framework, no asyncio.
+
+Run it:   python examples/trio_app.py          (Ctrl-C stops it, after a graceful drain)
+Smoke:    python examples/trio_app.py --smoke  (runs ~3 s, checks, exits)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import trio
+
+from library.components.scheduling.task_scheduler import Outcome, SchedulerConfig, TaskScheduler
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+scheduler = TaskScheduler(SchedulerConfig(timezone="Europe/London", shutdown_timeout=5))
+
+
+@scheduler.interval(seconds=1)
+async def tick() -> None:
+    await trio.sleep(0.05)
+
+
+@scheduler.interval(seconds=1, timeout=0.5)
+async def sometimes_slow() -> None:
+    await trio.sleep(10)  # always times out: recorded `timed_out`, nothing else disturbed
+
+
+@scheduler.interval(seconds=2)
+def blocking_io() -> None:
+    time.sleep(0.1)  # runs in a worker thread
+
+
+@scheduler.cron("*/15 * * * *")
+async def quarter_hourly() -> None:
+    print("quarter past, or half past, or...")
+
+
+async def main(run_for: float | None) -> None:
+    async with scheduler:
+        if run_for is None:
+            await trio.sleep_forever()
+        await trio.sleep(run_for)
+        tick_job = await scheduler.get_job(f"{__name__}:tick")
+        slow_job = await scheduler.get_job(f"{__name__}:sometimes_slow")
+        assert tick_job.counts.success >= 2, tick_job
+        assert slow_job.last_run is not None and slow_job.last_run.outcome is Outcome.timed_out
+        for line in await scheduler.preview(f"{__name__}:quarter_hourly", count=3):
+            print("quarter_hourly next:", line.isoformat())
+    print("smoke ok")
+
+
+if __name__ == "__main__":
+    trio.run(main, 3.2 if "--smoke" in sys.argv else None)
