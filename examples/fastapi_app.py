@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import uvicorn
 from fastapi import FastAPI
 
@@ -49,7 +50,7 @@ async def daily_backup() -> None:
 
 @scheduler.cron("0 9 * * mon-fri")
 async def weekday_report() -> None:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
 
 
 @asynccontextmanager

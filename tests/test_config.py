@@ -35,7 +35,7 @@ def test_unknown_job_defaults_key_names_it_and_the_valid_keys() -> None:
 
 
 def test_unknown_timezone_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="unknown timezone 'Mars/Olympus'.*IANA"):
+    with pytest.raises(ValueError, match=r"unknown timezone 'Mars/Olympus'.*IANA"):
         SchedulerConfig(timezone="Mars/Olympus")
 
 

@@ -62,7 +62,10 @@ async def test_removed_schedules_leave_nothing_behind(anyio_backend: str) -> Non
     async with AsyncScheduler(data_store=store) as engine:
         for index in range(50):
             await engine.add_schedule(
-                print, IntervalTrigger(hours=1), id=f"s{index}", conflict_policy=ConflictPolicy.exception
+                print,
+                IntervalTrigger(hours=1),
+                id=f"s{index}",
+                conflict_policy=ConflictPolicy.exception,
             )
         await engine.remove_schedule("s0")
         assert len(store._schedules_by_task_id["builtins:print"]) == 49

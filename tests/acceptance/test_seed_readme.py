@@ -87,7 +87,10 @@ class Harness:
 
     async def run_async(self, heading: str) -> None:
         code = compile(
-            BLOCKS[heading], f"<seed README: {heading}>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+            BLOCKS[heading],
+            f"<seed README: {heading}>",
+            "exec",
+            flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
         )
         result = eval(code, self.namespace)
         if result is not None:

@@ -54,6 +54,7 @@ _LOG_LEVELS = {
 }
 _utc = timezone.utc
 
+
 def _now() -> datetime:
     return datetime.now(_utc)
 
@@ -103,6 +104,8 @@ class JobRuntime:
     counts: list[int] = field(default_factory=lambda: [0] * len(_OUTCOMES))
     last: RunRecord | None = None
     last_success: datetime | None = None
+    slot_freed: anyio.Event | None = None
+    """Set when a run ends: backlog fires waiting for a max_instances slot check again."""
 
     def run_counts(self) -> RunCounts:
         return RunCounts(**{o.value: n for o, n in zip(_OUTCOMES, self.counts, strict=True)})
@@ -118,7 +121,7 @@ class RunRequest:
     final: RunRecord | None = None
 
 
-class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an untyped-ish base
+class TaskExecutor(JobExecutor):
     """Runs our jobs for APScheduler: timeouts, threads, limits, retries, outcomes."""
 
     def __init__(self, *, tz: ZoneInfo, history_size: int, thread_limit: int) -> None:
@@ -180,12 +183,16 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
         self._draining = True
         if self._drain_event is not None:
             self._drain_event.set()
+        for runtime in self.jobs.values():
+            if runtime.slot_freed is not None:
+                runtime.slot_freed.set()
+                runtime.slot_freed = None
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every run in progress to end; True if none is left."""
+    async def wait_idle(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for every run in progress to end; True if none is left."""
         if self._in_progress:
             self._idle = anyio.Event()
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(grace):
                 await self._idle.wait()
         return self._in_progress == 0
 
@@ -247,32 +254,51 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
             return  # a run-now left over from an earlier start: its request is gone
         record = RunRecord(next(self._seq), runtime.spec.id, 1, fire_time)
         options = runtime.spec.options
-        if self._draining:
-            record.finished_at = _now()
-            self._finish(runtime, record, Outcome.cancelled, None, "scheduler is shutting down")
-            return
         grace = options.misfire_grace_time
-        if options.jitter:
+        if options.jitter and not self._draining:
             await self._jitter(options.jitter, grace, fire_time)
+        while True:
             if self._draining:
                 record.finished_at = _now()
                 self._finish(runtime, record, Outcome.cancelled, None, "scheduler is shutting down")
                 return
-        if grace is not None:
-            now = _now()
-            late = (now - fire_time).total_seconds()
-            if late > grace:
-                record.finished_at = now
-                message = f"started {late:.3f} s late, misfire_grace_time is {grace} s"
-                self._finish(runtime, record, Outcome.missed, None, message)
+            if grace is not None:
+                now = _now()
+                late = (now - fire_time).total_seconds()
+                if late > grace:
+                    record.finished_at = now
+                    message = f"started {late:.3f} s late, misfire_grace_time is {grace} s"
+                    self._finish(runtime, record, Outcome.missed, None, message)
+                    return
+            if runtime.running < options.max_instances:
+                break
+            if options.coalesce or not self._in_backlog(runtime, fire_time):
+                record.finished_at = _now()
+                message = (
+                    f"{runtime.running} run(s) in progress, "
+                    f"max_instances is {options.max_instances}"
+                )
+                self._finish(runtime, record, Outcome.skipped, None, message)
                 return
-        if runtime.running >= options.max_instances:
-            record.finished_at = _now()
-            message = f"{runtime.running} run(s) in progress, max_instances is {options.max_instances}"
-            self._finish(runtime, record, Outcome.skipped, None, message)
-            return
+            if runtime.slot_freed is None:
+                runtime.slot_freed = anyio.Event()
+            await runtime.slot_freed.wait()
         self._hold(runtime, record)
         await self._run_fire(runtime, record)
+
+    @staticmethod
+    def _in_backlog(runtime: JobRuntime, fire_time: datetime) -> bool:
+        """True if ``fire_time`` was already due when a run in progress started.
+
+        Such fires are one backlog (coalesce=False runs each of them): they wait for a slot
+        and run one after another, as in APScheduler 3. A fire that comes due while the job
+        runs is skipped.
+        """
+        for other in runtime.active:
+            started = other.started_at
+            if started is not None and fire_time <= started:
+                return True
+        return False
 
     def _hold(self, runtime: JobRuntime, record: RunRecord) -> None:
         """A fire takes its max_instances slot and counts as in progress until it ends."""
@@ -282,6 +308,9 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
 
     def _release(self, runtime: JobRuntime) -> None:
         runtime.running -= 1
+        if runtime.slot_freed is not None:
+            runtime.slot_freed.set()
+            runtime.slot_freed = None
         self._in_progress -= 1
         if self._in_progress == 0 and self._idle is not None:
             self._idle.set()
@@ -349,7 +378,11 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
                             timeout,
                         )
                     return self._end(
-                        runtime, record, Outcome.timed_out, None, f"timed out after {timeout} s",
+                        runtime,
+                        record,
+                        Outcome.timed_out,
+                        None,
+                        f"timed out after {timeout} s",
                         "TimeoutError",
                     )
         except get_cancelled_exc_class():
@@ -449,7 +482,5 @@ class TaskExecutor(JobExecutor):  # type: ignore[misc]  # attrs ABC from an unty
 
 def retry_delay(base: float, retry: int) -> float:
     """Seconds before retry number ``retry`` (1-based): doubling from ``base``, capped, jittered."""
-    delay = min(base * 2 ** (retry - 1), max(base, RETRY_DELAY_CAP))
+    delay = min(base * 2.0 ** (retry - 1), max(base, RETRY_DELAY_CAP))
     return delay * random.uniform(0.5, 1.0)
-
-

@@ -110,8 +110,10 @@ def make_spec(
         )
     overrides = {key: value for key, value in options.items() if key in JobDefaults.model_fields}
     try:
-        resolved = defaults.model_copy(update={}) if not overrides else JobDefaults.model_validate(
-            {**defaults.model_dump(), **overrides}
+        resolved = (
+            defaults.model_copy(update={})
+            if not overrides
+            else JobDefaults.model_validate({**defaults.model_dump(), **overrides})
         )
     except ValidationError as exc:
         error = exc.errors()[0]

@@ -22,6 +22,7 @@ import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED, CancelScope
 from anyio.abc import TaskGroup, TaskStatus
 from apscheduler import AsyncScheduler, CoalescePolicy, ConflictPolicy, Schedule, TaskLookupError
+from apscheduler.abc import Trigger
 from apscheduler.eventbrokers.local import LocalEventBroker
 
 from ._config import SchedulerConfig
@@ -31,6 +32,9 @@ from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
 from ._models import JobInfo, RunInfo, SchedulerState, SchedulerStatus
 from ._stores import MemoryStore
 from ._triggers import CronSpec, DateSpec, IntervalSpec, TriggerSpec
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -174,7 +178,11 @@ class TaskScheduler:
         return decorate
 
     def _declare(
-        self, func: Callable[..., Any], job_id: str, trigger: TriggerSpec, options: Mapping[str, Any]
+        self,
+        func: Callable[..., Any],
+        job_id: str,
+        trigger: TriggerSpec,
+        options: Mapping[str, Any],
     ) -> None:
         if self._state != "stopped":
             raise SchedulerStateError(
@@ -422,7 +430,7 @@ class TaskScheduler:
         if schedules:
             # Continue the engine's own trigger (a copy), so the preview is what will run.
             schedule = schedules[0]
-            trigger = copy.deepcopy(schedule.trigger)
+            trigger: Trigger | None = copy.deepcopy(schedule.trigger)
             fire_time = schedule.next_fire_time
         else:
             trigger = spec.trigger.build(now, allow_past=not spec.declared)
@@ -532,7 +540,9 @@ class TaskScheduler:
             if limit is None or spec.paused:
                 continue
             last_success = self._executor.jobs[spec.id].last_success
-            since = self._started_at if last_success is None else max(last_success, self._started_at)
+            since = (
+                self._started_at if last_success is None else max(last_success, self._started_at)
+            )
             if (now - since).total_seconds() > limit:
                 stale.append(spec.id)
         return stale
@@ -803,5 +813,3 @@ class TaskScheduler:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-

@@ -12,7 +12,7 @@ from datetime import datetime
 from apscheduler.datastores.memory import MemoryDataStore
 
 
-class MemoryStore(MemoryDataStore):  # type: ignore[misc]  # attrs class, untyped base
+class MemoryStore(MemoryDataStore):
     """APScheduler's memory store, without its paused-schedule spin and removed-schedule leak."""
 
     async def get_next_schedule_run_time(self) -> datetime | None:

@@ -124,7 +124,9 @@ class IntervalSpec(TriggerSpec):
         if self.end is not None and first > self.end:
             return None
         return IntervalTrigger(
-            seconds=self.interval.total_seconds(), start_time=first, end_time=self.end
+            seconds=self.interval.total_seconds(),
+            start_time=first,
+            end_time=self.end,  # type: ignore[arg-type]  # attrs converter accepts None
         )
 
     def info(self) -> TriggerInfo:

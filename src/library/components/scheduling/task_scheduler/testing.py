@@ -23,12 +23,12 @@ async def wait_for_runs(
     count: int = 1,
     *,
     outcome: Outcome | None = None,
-    timeout: float = 10.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 - a test helper with a default bound
 ) -> list[RunInfo]:
     """Wait until ``job_id`` has finished ``count`` run attempts (of ``outcome``, if given).
 
-    Returns the job's recent finished runs (of ``outcome``, if given), newest first. Raises :class:`TimeoutError` naming what
-    was seen if that does not happen within ``timeout`` seconds.
+    Returns the job's recent finished runs (of ``outcome``, if given), newest first.
+    Raises :class:`TimeoutError`, naming what was seen, if that takes over ``timeout`` seconds.
     """
     seen = 0
     with anyio.move_on_after(timeout):
