@@ -2,12 +2,21 @@
 
 Run it:   python examples/fastapi_app.py          (serves http://127.0.0.1:8000, Ctrl-C stops)
 Then:     curl http://127.0.0.1:8000/jobs
+          curl http://127.0.0.1:8000/scheduler/health
+          curl -H "X-API-Key: $SCHEDULER_API_KEY" http://127.0.0.1:8000/scheduler/jobs
+          curl -X POST -H "X-API-Key: $SCHEDULER_API_KEY" \
+               "http://127.0.0.1:8000/scheduler/jobs/weekday_report/run?wait=true"
 Smoke:    python examples/fastapi_app.py --smoke  (serves on a free port, checks, exits)
+
+The management API under /scheduler is guarded by an API key: set SCHEDULER_API_KEY (the
+example falls back to "change-me", which you should never do in production).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import socket
 import sys
 import time
@@ -18,9 +27,11 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Security
+from fastapi.security import APIKeyHeader
 
 from library.components.scheduling.task_scheduler import JobInfo, SchedulerConfig, TaskScheduler
+from library.components.scheduling.task_scheduler.fastapi import create_scheduler_router
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -48,7 +59,7 @@ async def daily_backup() -> None:
     await anyio.sleep(1)
 
 
-@scheduler.cron("0 9 * * mon-fri")
+@scheduler.cron("0 9 * * mon-fri", id="weekday_report")
 async def weekday_report() -> None:
     await anyio.lowlevel.checkpoint()
 
@@ -61,6 +72,21 @@ async def lifespan(app: FastAPI) -> Any:
 
 
 app = FastAPI(lifespan=lifespan)
+
+API_KEY = os.environ.get("SCHEDULER_API_KEY", "change-me")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+async def require_api_key(key: str | None = Security(api_key_header)) -> None:
+    if key is None:
+        raise HTTPException(status_code=401, detail="missing X-API-Key header")
+    if not secrets.compare_digest(key, API_KEY):
+        raise HTTPException(status_code=403, detail="wrong API key")
+
+
+# With a hand-written lifespan, pass the scheduler explicitly; with
+# FastAPI(lifespan=scheduler.lifespan) the router finds it by itself.
+app.include_router(create_scheduler_router(scheduler, dependencies=[Depends(require_api_key)]))
 
 
 @app.get("/jobs")
@@ -93,6 +119,14 @@ async def smoke() -> None:
                         continue
                     if jobs["heartbeat"]["counts"]["success"] >= 2:
                         break
+                health = await client.get("/scheduler/health")
+                assert health.json() == {"status": "ok", "stale_jobs": 0}, health.text
+                guarded = await client.get("/scheduler/jobs")
+                assert guarded.status_code == 401, guarded.text
+                run = await client.post(
+                    "/scheduler/jobs/weekday_report/run?wait=true", headers={"X-API-Key": API_KEY}
+                )
+                assert run.json()["outcome"] == "success", run.text
             server.should_exit = True
     assert jobs["daily_backup"]["next_run_time"], jobs
     print("smoke ok:", ", ".join(sorted(jobs)))

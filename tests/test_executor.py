@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from datetime import datetime, timedelta, timezone
 
 import anyio
@@ -508,3 +510,34 @@ anyio.run(main, backend={anyio_backend!r})
     assert result.returncode != 0
     assert "kept running" not in result.stdout
     assert exception.split("(")[0] in result.stderr or result.returncode == 3
+
+
+async def test_memory_stays_flat_over_many_runs(anyio_backend: str) -> None:
+    scheduler = TaskScheduler()
+    logging.getLogger(LOGGER).setLevel(logging.CRITICAL)
+    try:
+        async with scheduler:
+            await scheduler.add_cron_job(lambda: None, "sync", "0 3 * * *")
+
+            async def fails() -> None:
+                raise ValueError("x")
+
+            await scheduler.add_cron_job(fails, "async", "0 3 * * *")
+
+            async def runs(count: int) -> None:
+                for index in range(count):
+                    await scheduler.run_job("sync" if index % 2 else "async")
+
+            await runs(1000)
+            tracemalloc.start()
+            gc.collect()  # failed runs leave reference cycles (tracebacks) until collected
+            before = tracemalloc.get_traced_memory()[0]
+            await runs(4000)
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            counts = (await scheduler.get_job("async")).counts
+    finally:
+        logging.getLogger(LOGGER).setLevel(logging.NOTSET)
+    assert counts.error == 2500
+    assert grown < 64 * 1024, f"{grown} bytes kept after 4,000 more runs"

@@ -255,21 +255,16 @@ class TaskExecutor(JobExecutor):
         record = RunRecord(next(self._seq), runtime.spec.id, 1, fire_time)
         options = runtime.spec.options
         grace = options.misfire_grace_time
+        if grace is not None and self._missed(runtime, record, grace):
+            return
         if options.jitter and not self._draining:
+            # Checked for a misfire before, not after: the jitter itself never causes one.
             await self._jitter(options.jitter, grace, fire_time)
         while True:
             if self._draining:
                 record.finished_at = _now()
                 self._finish(runtime, record, Outcome.cancelled, None, "scheduler is shutting down")
                 return
-            if grace is not None:
-                now = _now()
-                late = (now - fire_time).total_seconds()
-                if late > grace:
-                    record.finished_at = now
-                    message = f"started {late:.3f} s late, misfire_grace_time is {grace} s"
-                    self._finish(runtime, record, Outcome.missed, None, message)
-                    return
             if runtime.running < options.max_instances:
                 break
             if options.coalesce or not self._in_backlog(runtime, fire_time):
@@ -283,8 +278,21 @@ class TaskExecutor(JobExecutor):
             if runtime.slot_freed is None:
                 runtime.slot_freed = anyio.Event()
             await runtime.slot_freed.wait()
+            if grace is not None and self._missed(runtime, record, grace):
+                return
         self._hold(runtime, record)
         await self._run_fire(runtime, record)
+
+    def _missed(self, runtime: JobRuntime, record: RunRecord, grace: float) -> bool:
+        """Record the fire as ``missed`` if it is later than ``grace`` seconds now."""
+        now = _now()
+        late = (now - record.scheduled_at).total_seconds()
+        if late <= grace:
+            return False
+        record.finished_at = now
+        message = f"started {late:.3f} s late, misfire_grace_time is {grace} s"
+        self._finish(runtime, record, Outcome.missed, None, message)
+        return True
 
     @staticmethod
     def _in_backlog(runtime: JobRuntime, fire_time: datetime) -> bool:

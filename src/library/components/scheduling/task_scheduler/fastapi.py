@@ -1,0 +1,337 @@
+"""A FastAPI router to inspect and manage a :class:`TaskScheduler` over HTTP.
+
+.. code-block:: python
+
+    from fastapi import Depends, FastAPI
+    from library.components.scheduling.task_scheduler.fastapi import create_scheduler_router
+
+    app = FastAPI(lifespan=scheduler.lifespan)
+    app.include_router(create_scheduler_router(dependencies=[Depends(require_admin)]))
+
+Nothing is mounted unless you include the router. ``dependencies`` guard every route but
+``GET {prefix}/health``: probes carry no credentials, so health tells only ok/failing and
+how many jobs are stale; the details are under ``GET {prefix}/status``.
+
+Every route gets its scheduler from the :func:`get_scheduler` dependency, so tests can
+swap it with ``app.dependency_overrides[get_scheduler] = lambda: other``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi.params import Depends as DependsParam
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import HTTPConnection
+
+from ._errors import JobNotFoundError, SchedulerStateError
+from ._models import JobInfo, Outcome, RunInfo, SchedulerStatus
+from ._scheduler import TaskScheduler
+
+__all__ = [
+    "ErrorDetail",
+    "Health",
+    "RunAccepted",
+    "create_scheduler_router",
+    "get_scheduler",
+]
+
+_EXPLICIT_SCHEDULER = "library.task_scheduler.explicit"
+"""ASGI scope key where a router made with an explicit scheduler leaves it for get_scheduler."""
+
+NO_SCHEDULER = (
+    "no task scheduler is configured: pass one to create_scheduler_router(), use "
+    "FastAPI(lifespan=scheduler.lifespan), or set app.state.task_scheduler"
+)
+
+
+class ErrorDetail(BaseModel):
+    """An error response."""
+
+    detail: str = Field(description="What went wrong, in plain English.")
+
+
+class RunAccepted(BaseModel):
+    """A run-now the scheduler accepted; its outcome shows up under ``.../runs``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str = Field(description="Id of the run's first attempt, as listed under .../runs.")
+    job_id: str = Field(description="The job being run.")
+
+
+class Health(BaseModel):
+    """Liveness of the scheduler, without details (those are under ``/status``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["ok", "failing"] = Field(
+        description='"ok" while the engine runs and no job is stale, else "failing".'
+    )
+    stale_jobs: int = Field(
+        ge=0, description="Jobs that have not succeeded within their max_staleness."
+    )
+
+
+async def get_scheduler(connection: HTTPConnection) -> TaskScheduler:
+    """The scheduler a request works on.
+
+    In order: the scheduler given to :func:`create_scheduler_router`; the lifespan state's
+    ``task_scheduler`` (``FastAPI(lifespan=scheduler.lifespan)``); ``app.state.task_scheduler``.
+    With none, a 503 (not a 500): the app is up, but it has no scheduler to report on.
+    Usable in your own routes too: ``scheduler: TaskScheduler = Depends(get_scheduler)``.
+    """
+    candidates = (
+        connection.scope.get(_EXPLICIT_SCHEDULER),
+        getattr(connection.state, "task_scheduler", None),
+        getattr(connection.app.state, "task_scheduler", None),
+    )
+    for candidate in candidates:
+        if isinstance(candidate, TaskScheduler):
+            return candidate
+    raise HTTPException(status_code=503, detail=NO_SCHEDULER)
+
+
+SchedulerDep = Annotated[TaskScheduler, Depends(get_scheduler)]
+JobId = Annotated[str, Path(description="The job's id.")]
+
+_ERRORS: dict[int, str] = {
+    401: "No credentials (from the router's `dependencies`).",
+    403: "Credentials refused (by the router's `dependencies`).",
+    404: "No job has this id.",
+    409: "The job is at its max_instances limit, or the scheduler is not running.",
+    503: "No scheduler is configured.",
+}
+
+
+def _responses(*codes: int, guarded: bool = True) -> dict[int | str, dict[str, Any]]:
+    if guarded:
+        codes = (401, 403, *codes)
+    return {code: {"model": ErrorDetail, "description": _ERRORS[code]} for code in codes}
+
+
+def _not_found(exc: JobNotFoundError) -> HTTPException:
+    return HTTPException(status_code=404, detail=str(exc))
+
+
+def create_scheduler_router(
+    scheduler: TaskScheduler | None = None,
+    *,
+    prefix: str = "/scheduler",
+    dependencies: Sequence[DependsParam] | None = None,
+    tags: Sequence[str] = ("scheduler",),
+) -> APIRouter:
+    """Routes to list, inspect, pause, resume, run and remove jobs, and to check health.
+
+    ``scheduler`` defaults to the one :func:`get_scheduler` finds per request.
+    ``dependencies`` (e.g. an API-key check) guard every route except ``{prefix}/health``;
+    give them here, not to ``include_router()``, which would guard health too.
+    """
+    if scheduler is not None and not isinstance(scheduler, TaskScheduler):
+        raise TypeError(f"scheduler must be a TaskScheduler, got {scheduler!r}")
+    explicit = scheduler
+
+    async def bind_scheduler(connection: HTTPConnection) -> None:
+        # Route-level dependencies are solved before the endpoint's own, so get_scheduler
+        # sees this; an override of get_scheduler skips get_scheduler, and so this value.
+        connection.scope[_EXPLICIT_SCHEDULER] = explicit
+
+    bind: list[DependsParam] = [] if explicit is None else [Depends(bind_scheduler)]
+    guarded = [*bind, *(dependencies or ())]
+    is_guarded = bool(dependencies)
+    router = APIRouter(prefix=prefix, tags=list(tags))
+
+    @router.get(
+        "/jobs",
+        response_model=list[JobInfo],
+        operation_id="scheduler_list_jobs",
+        summary="List jobs",
+        dependencies=guarded,
+        responses=_responses(503, guarded=is_guarded),
+    )
+    async def list_jobs(
+        scheduler: SchedulerDep,
+        paused: Annotated[
+            bool | None, Query(description="Only paused (true) or unpaused (false) jobs.")
+        ] = None,
+        name: Annotated[
+            str | None, Query(description="Only jobs whose name contains this (any case).")
+        ] = None,
+    ) -> list[JobInfo]:
+        jobs = await scheduler.get_jobs()
+        if paused is not None:
+            jobs = [job for job in jobs if job.paused == paused]
+        if name is not None:
+            needle = name.casefold()
+            jobs = [job for job in jobs if needle in job.name.casefold()]
+        return jobs
+
+    @router.get(
+        "/jobs/{job_id}",
+        response_model=JobInfo,
+        operation_id="scheduler_get_job",
+        summary="Get a job",
+        dependencies=guarded,
+        responses=_responses(404, 503, guarded=is_guarded),
+    )
+    async def get_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
+        try:
+            return await scheduler.get_job(job_id)
+        except JobNotFoundError as exc:
+            raise _not_found(exc) from None
+
+    @router.post(
+        "/jobs/{job_id}/pause",
+        response_model=JobInfo,
+        operation_id="scheduler_pause_job",
+        summary="Pause a job (idempotent); a run in progress goes on",
+        dependencies=guarded,
+        responses=_responses(404, 503, guarded=is_guarded),
+    )
+    async def pause_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
+        try:
+            return await scheduler.pause_job(job_id)
+        except JobNotFoundError as exc:
+            raise _not_found(exc) from None
+
+    @router.post(
+        "/jobs/{job_id}/resume",
+        response_model=JobInfo,
+        operation_id="scheduler_resume_job",
+        summary="Resume a job (idempotent); fires missed while paused are not run",
+        dependencies=guarded,
+        responses=_responses(404, 503, guarded=is_guarded),
+    )
+    async def resume_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
+        try:
+            return await scheduler.resume_job(job_id)
+        except JobNotFoundError as exc:
+            raise _not_found(exc) from None
+
+    @router.post(
+        "/jobs/{job_id}/run",
+        status_code=202,
+        response_model=RunAccepted,
+        operation_id="scheduler_run_job",
+        summary="Run a job now, outside its schedule",
+        description="202 at once; with `wait=true`, 200 with the finished run (its last attempt).",
+        dependencies=guarded,
+        responses={
+            200: {"model": RunInfo, "description": "With wait=true: the finished run."},
+            **_responses(404, 409, 503, guarded=is_guarded),
+        },
+    )
+    async def run_job(
+        job_id: JobId,
+        scheduler: SchedulerDep,
+        wait: Annotated[
+            bool, Query(description="Wait for the run to finish and return it (200).")
+        ] = False,
+    ) -> RunAccepted | Response:
+        try:
+            run = await scheduler.run_job(job_id, wait=wait)
+        except JobNotFoundError as exc:
+            raise _not_found(exc) from None
+        except SchedulerStateError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        if run.outcome is Outcome.skipped:
+            raise HTTPException(
+                status_code=409,
+                detail=f"job {job_id!r} is already running at its max_instances limit: "
+                f"the run was skipped",
+            )
+        if wait:
+            # A different model and status than the route's default: serialize it here.
+            return JSONResponse(run.model_dump(mode="json"), status_code=200)
+        return RunAccepted(run_id=run.run_id, job_id=run.job_id)
+
+    @router.delete(
+        "/jobs/{job_id}",
+        status_code=204,
+        response_class=Response,
+        operation_id="scheduler_remove_job",
+        summary="Remove a job; a run in progress is allowed to finish",
+        dependencies=guarded,
+        responses=_responses(404, 503, guarded=is_guarded),
+    )
+    async def remove_job(job_id: JobId, scheduler: SchedulerDep) -> None:
+        try:
+            await scheduler.remove_job(job_id)
+        except JobNotFoundError as exc:
+            raise _not_found(exc) from None
+
+    @router.get(
+        "/jobs/{job_id}/runs",
+        response_model=list[RunInfo],
+        operation_id="scheduler_list_runs",
+        summary="Recent runs of a job, newest first (runs in progress included)",
+        dependencies=guarded,
+        responses=_responses(404, 503, guarded=is_guarded),
+    )
+    async def list_runs(
+        job_id: JobId,
+        scheduler: SchedulerDep,
+        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many runs.")] = 20,
+    ) -> list[RunInfo]:
+        try:
+            return await scheduler.get_runs(job_id, limit=limit)
+        except JobNotFoundError as exc:
+            raise _not_found(exc) from None
+
+    @router.get(
+        "/jobs/{job_id}/preview",
+        response_model=list[datetime],
+        operation_id="scheduler_preview_job",
+        summary="The job's next fire times, in the scheduler's timezone",
+        description="Empty for a finished job; for a paused job, the times it would have if "
+        "resumed now.",
+        dependencies=guarded,
+        responses=_responses(404, 503, guarded=is_guarded),
+    )
+    async def preview_job(
+        job_id: JobId,
+        scheduler: SchedulerDep,
+        count: Annotated[int, Query(ge=1, le=1000, description="How many fire times.")] = 10,
+    ) -> list[datetime]:
+        try:
+            return await scheduler.preview(job_id, count)
+        except JobNotFoundError as exc:
+            raise _not_found(exc) from None
+
+    @router.get(
+        "/status",
+        response_model=SchedulerStatus,
+        operation_id="scheduler_status",
+        summary="The scheduler's state, engine restarts, run counts and stale jobs",
+        dependencies=guarded,
+        responses=_responses(503, guarded=is_guarded),
+    )
+    async def get_status(scheduler: SchedulerDep) -> SchedulerStatus:
+        return await scheduler.get_status()
+
+    @router.get(
+        "/health",
+        response_model=Health,
+        operation_id="scheduler_health",
+        summary="200 while the engine runs and no job is stale, else 503",
+        dependencies=bind,  # never the guards: probes carry no credentials
+        responses={
+            503: {
+                "model": Health | ErrorDetail,
+                "description": "The engine is not running, or a job is stale; or no scheduler "
+                "is configured.",
+            }
+        },
+    )
+    async def health(scheduler: SchedulerDep, response: Response) -> Health:
+        status = await scheduler.get_status()
+        ok = status.state == "running" and not status.stale_jobs
+        response.status_code = 200 if ok else 503
+        response.headers["Cache-Control"] = "no-store"
+        return Health(status="ok" if ok else "failing", stale_jobs=len(status.stale_jobs))
+
+    return router
