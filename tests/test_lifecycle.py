@@ -20,7 +20,7 @@ from library.components.scheduling.task_scheduler import (
     TaskScheduler,
     _scheduler,
 )
-from library.components.scheduling.task_scheduler._stores import MemoryStore
+from library.components.scheduling.task_scheduler._memstore import MemoryStore
 from library.components.scheduling.task_scheduler.testing import wait_for_runs
 
 pytestmark = pytest.mark.anyio

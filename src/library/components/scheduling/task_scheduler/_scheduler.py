@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import platform
 import sys
@@ -26,11 +25,12 @@ from apscheduler.abc import Trigger
 from apscheduler.eventbrokers.local import LocalEventBroker
 
 from ._config import SchedulerConfig
+from ._engine import EXECUTOR_NAME, make_engine
 from ._errors import DuplicateJobError, JobNotFoundError, SchedulerStateError, engine_errors
 from ._executor import RUN_REQUEST_KEY, RunRecord, TaskExecutor, logger
 from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
+from ._memstore import MemoryStore
 from ._models import JobInfo, RunInfo, SchedulerState, SchedulerStatus
-from ._stores import MemoryStore
 from ._triggers import CronSpec, DateSpec, IntervalSpec, TriggerSpec
 
 if sys.version_info < (3, 11):
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 RunHook = Callable[[RunInfo], Any]
 
-EXECUTOR_NAME = "task_scheduler"
 RESTART_DELAY_FIRST = 1.0
 RESTART_DELAY_MAX = 30.0
 RESTARTS_ALLOWED = 5
@@ -54,11 +53,6 @@ HOOK_BUFFER = 10_000
 PREVIEW_SKIP_LIMIT = 100_000
 TEARDOWN_GRACE = 5.0
 """Seconds shutdown gives queued hooks and engine teardown, after the jobs are done."""
-
-engine_logger = logging.getLogger("library.components.scheduling.task_scheduler.engine")
-if engine_logger.level == logging.NOTSET:
-    # APScheduler logs every run at INFO; ours already does, once, with the outcome.
-    engine_logger.setLevel(logging.WARNING)
 
 
 def _root_message(exc: BaseException) -> str:
@@ -559,13 +553,12 @@ class TaskScheduler:
     # ------------------------------------------------------------------ lifecycle
 
     def _make_engine(self) -> AsyncScheduler:
-        return AsyncScheduler(
+        return make_engine(
             data_store=MemoryStore(),
             event_broker=LocalEventBroker(),
+            executor=self._executor,
             identity=self._identity,
             max_concurrent_jobs=self.config.max_concurrent_jobs,
-            job_executors={EXECUTOR_NAME: self._executor},
-            logger=engine_logger,
         )
 
     async def start(self) -> None:

@@ -1,8 +1,5 @@
-"""Store URL -> APScheduler data store (and event broker).
-
-Only the in-memory store exists so far. It is APScheduler's ``MemoryDataStore`` with two
-4.0.0a6 defects closed, each in one method below.
-"""
+"""The in-memory data store: APScheduler's ``MemoryDataStore`` with two 4.0.0a6 defects
+closed, each in one method below."""
 
 from __future__ import annotations
 

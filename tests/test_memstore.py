@@ -12,7 +12,7 @@ from apscheduler.datastores.memory import MemoryDataStore
 from apscheduler.triggers.interval import IntervalTrigger
 
 from library.components.scheduling.task_scheduler import TaskScheduler
-from library.components.scheduling.task_scheduler._stores import MemoryStore
+from library.components.scheduling.task_scheduler._memstore import MemoryStore
 
 pytestmark = pytest.mark.anyio
 
