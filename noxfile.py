@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck", "examples"]
@@ -40,3 +42,16 @@ def examples(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "examples/trio_app.py", "--smoke")
     session.run("python", "examples/fastapi_app.py", "--smoke")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark vs raw APScheduler 4 and APScheduler 3.11: ``nox -s bench [-- --quick]``."""
+    session.install("-e", ".[trio]")
+    # APScheduler 3 has the same import name as 4: it gets a venv of its own, reused across runs.
+    aps3 = Path(session.create_tmp()) / "aps3"
+    python = aps3 / "bin" / "python"
+    if not python.exists():
+        session.run("python", "-m", "venv", str(aps3))
+    session.run(str(python), "-m", "pip", "install", "-q", "apscheduler>=3.11,<4", external=True)
+    session.run("python", "bench/run.py", "--aps3-python", str(python), *session.posargs)

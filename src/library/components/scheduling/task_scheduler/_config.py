@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -80,11 +81,42 @@ class SchedulerConfig(BaseModel):
         description="Seconds shutdown() waits for running jobs before cancelling them.",
     )
     history_size: int = Field(20, ge=1, description="Finished runs kept per job, newest first.")
+    store: str = Field(
+        default_factory=lambda: os.environ.get("TASK_SCHEDULER_STORE", "memory://"),
+        description="Where schedules live: memory://, sqlite:///path/to/jobs.db, or "
+        "postgresql://user@host:port/db (env TASK_SCHEDULER_STORE).",
+    )
+    event_broker: str | None = Field(
+        default_factory=lambda: os.environ.get("TASK_SCHEDULER_EVENT_BROKER") or None,
+        description="How processes wake each other: redis://host:port/db; default: "
+        "PostgreSQL LISTEN/NOTIFY with a postgresql store, in-process otherwise "
+        "(env TASK_SCHEDULER_EVENT_BROKER).",
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds start() waits for a store or broker server to answer."
+    )
 
     @field_validator("timezone")
     @classmethod
     def _iana_timezone(cls, value: str) -> str:
         return validate_timezone(value)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        from ._stores import parse_store_url
+
+        parse_store_url(value)
+        return value
+
+    @field_validator("event_broker")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        from ._stores import parse_broker_url
+
+        if value is not None:
+            parse_broker_url(value)
+        return value
 
     @property
     def tzinfo(self) -> ZoneInfo:

@@ -21,16 +21,17 @@ import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED, CancelScope
 from anyio.abc import TaskGroup, TaskStatus
 from apscheduler import AsyncScheduler, CoalescePolicy, ConflictPolicy, Schedule, TaskLookupError
+from apscheduler._structures import MetadataType
 from apscheduler.abc import Trigger
-from apscheduler.eventbrokers.local import LocalEventBroker
 
 from ._config import SchedulerConfig
 from ._engine import EXECUTOR_NAME, make_engine
 from ._errors import DuplicateJobError, JobNotFoundError, SchedulerStateError, engine_errors
 from ._executor import RUN_REQUEST_KEY, RunRecord, TaskExecutor, logger
 from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
-from ._memstore import MemoryStore
 from ._models import JobInfo, RunInfo, SchedulerState, SchedulerStatus
+from ._reconcile import as_metadata, check_storable, plan, spec_from_definition
+from ._stores import SafeJSONSerializer, open_backend, parse_store_url
 from ._triggers import CronSpec, DateSpec, IntervalSpec, TriggerSpec
 
 if sys.version_info < (3, 11):
@@ -55,10 +56,16 @@ TEARDOWN_GRACE = 5.0
 """Seconds shutdown gives queued hooks and engine teardown, after the jobs are done."""
 
 
-def _root_message(exc: BaseException) -> str:
-    """The first real error inside (possibly nested) exception groups, as 'Type: message'."""
+def _root_exception(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def _root_message(exc: BaseException) -> str:
+    """The first real error inside (possibly nested) exception groups, as 'Type: message'."""
+    exc = _root_exception(exc)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -101,6 +108,8 @@ class TaskScheduler:
         self._engine_restarts = 0
         self._last_engine_error: str | None = None
         self._identity = f"{platform.node()}:{os.getpid()}:{id(self):x}"
+        self._store = parse_store_url(self.config.store)
+        self._serializer = SafeJSONSerializer()
 
     # ------------------------------------------------------------------ declaring jobs
 
@@ -189,6 +198,8 @@ class TaskScheduler:
     def _register(self, spec: JobSpec) -> None:
         if spec.id in self._specs:
             raise DuplicateJobError(spec.id)
+        if self._store.persistent:
+            check_storable(spec, self._serializer)
         self._specs[spec.id] = spec
         self._executor.register(spec)
 
@@ -276,8 +287,28 @@ class TaskScheduler:
                 raise
         return await self.get_job(job_id)
 
+    async def _configure_task(self, engine: AsyncScheduler, spec: JobSpec) -> None:
+        with engine_errors(spec.id):
+            # Traps 1 and 2 (4.0.0a6): configure the task by explicit id and schedule by that
+            # id, never by the callable: scheduling by callable resets the task's settings,
+            # and closures, lambdas and bound methods cannot be referenced by name.
+            await engine.configure_task(
+                spec.id,
+                func=spec.func,
+                job_executor=EXECUTOR_NAME,
+                max_running_jobs=None,  # max_instances is ours: skip, never queue (trap 7)
+                misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
+            )
+
     async def _install(
-        self, engine: AsyncScheduler, spec: JobSpec, now: datetime, *, allow_past: bool
+        self,
+        engine: AsyncScheduler,
+        spec: JobSpec,
+        now: datetime,
+        *,
+        allow_past: bool,
+        # Trap 11 (4.0.0a6): the default do_nothing keeps an old definition silently.
+        policy: ConflictPolicy = ConflictPolicy.exception,
     ) -> None:
         """Hand one job to the engine: its task (by explicit id) and its schedule."""
         trigger = spec.trigger.build(now, allow_past=allow_past)
@@ -293,17 +324,11 @@ class TaskScheduler:
                 )
             return
         self._finished.discard(spec.id)
+        await self._configure_task(engine, spec)
+        metadata: MetadataType = {}
+        if self._store.persistent:
+            metadata.update(as_metadata(spec))
         with engine_errors(spec.id):
-            # Traps 1 and 2 (4.0.0a6): configure the task by explicit id and schedule by that
-            # id, never by the callable: scheduling by callable resets the task's settings,
-            # and closures, lambdas and bound methods cannot be referenced by name.
-            await engine.configure_task(
-                spec.id,
-                func=spec.func,
-                job_executor=EXECUTOR_NAME,
-                max_running_jobs=None,  # max_instances is ours: skip, never queue (trap 7)
-                misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
-            )
             await engine.add_schedule(
                 spec.id,
                 trigger,
@@ -311,8 +336,8 @@ class TaskScheduler:
                 paused=spec.paused,
                 coalesce=CoalescePolicy.latest if spec.options.coalesce else CoalescePolicy.all,
                 misfire_grace_time=None,
-                # Trap 11 (4.0.0a6): the default do_nothing keeps an old definition silently.
-                conflict_policy=ConflictPolicy.exception,
+                metadata=metadata,
+                conflict_policy=policy,
             )
 
     # ------------------------------------------------------------------ managing jobs
@@ -354,10 +379,7 @@ class TaskScheduler:
         engine = self._live_engine()
         if engine is not None:
             await engine.remove_schedule(job_id)
-            try:
-                await engine.data_store.remove_task(job_id)
-            except TaskLookupError:
-                pass
+            await self._remove_task(engine, job_id)
         del self._specs[job_id]
         self._finished.discard(job_id)
         self._executor.unregister(job_id)
@@ -552,15 +574,6 @@ class TaskScheduler:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _make_engine(self) -> AsyncScheduler:
-        return make_engine(
-            data_store=MemoryStore(),
-            event_broker=LocalEventBroker(),
-            executor=self._executor,
-            identity=self._identity,
-            max_concurrent_jobs=self.config.max_concurrent_jobs,
-        )
-
     async def start(self) -> None:
         """Start running jobs. Call :meth:`shutdown` later *from the same task*."""
         if self._state not in ("stopped", "failed"):
@@ -577,7 +590,15 @@ class TaskScheduler:
         self._last_engine_error = None
         self._executor.open()
         stack = AsyncExitStack()
+        task_group: TaskGroup | None = None
         try:
+            # Opened first, so that it closes last: after every task that uses it has ended.
+            data_store, event_broker = await open_backend(
+                self._store,
+                self.config.event_broker,
+                connect_timeout=self.config.connect_timeout,
+                exit_stack=stack,
+            )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             send, receive = anyio.create_memory_object_stream[RunRecord](HOOK_BUFFER)
             self._hook_send = send
@@ -588,13 +609,24 @@ class TaskScheduler:
                 self._cancel_owner_on_stop_request,
                 name="task_scheduler stop requests",
             )
-            self._engine = self._make_engine()
+            self._engine = make_engine(
+                data_store=data_store,
+                event_broker=event_broker,
+                executor=self._executor,
+                identity=self._identity,
+                max_concurrent_jobs=self.config.max_concurrent_jobs,
+            )
             await task_group.start(self._supervise, name="task_scheduler engine supervisor")
         except BaseException:
             self._state = "stopped"
             self._engine = None
             self._hook_send = None
-            await stack.aclose()
+            if task_group is not None:
+                task_group.cancel_scope.cancel()  # the hook and stop-request tasks wait forever
+            try:
+                await stack.aclose()
+            except BaseExceptionGroup:
+                pass  # the task group reports the same failure we are raising
             raise
         self._exit_stack = stack
         self._task_group = task_group
@@ -609,8 +641,53 @@ class TaskScheduler:
 
     async def _install_all(self, engine: AsyncScheduler) -> None:
         now = _utcnow()
-        for spec in list(self._specs.values()):
-            await self._install(engine, spec, now, allow_past=False)
+        if not self._store.persistent:
+            for spec in list(self._specs.values()):
+                await self._install(engine, spec, now, allow_past=False)
+            return
+        todo = plan(self._specs, list(await engine.get_schedules()))
+        for spec in todo.create:
+            # do_nothing: several processes starting at once each try to create it.
+            await self._install(
+                engine, spec, now, allow_past=False, policy=ConflictPolicy.do_nothing
+            )
+        for spec, schedule in todo.keep:
+            spec.paused = schedule.paused  # the store's pause state and next fire time stay
+            await self._configure_task(engine, spec)
+        for spec in todo.replace:
+            old = await engine.data_store.get_schedules({spec.id})
+            if old:
+                spec.paused = old[0].paused
+            # A changed definition gets a fresh trigger from now: no extra run (trap 11).
+            await self._install(engine, spec, now, allow_past=False, policy=ConflictPolicy.replace)
+            logger.info("job %r changed since it was stored: updated", spec.id)
+        for job_id in todo.remove:
+            await engine.remove_schedule(job_id)
+            await self._remove_task(engine, job_id)
+            logger.info("job %r is no longer declared: removed from the store", job_id)
+        for job_id, data, schedule in todo.adopt:
+            await self._adopt(engine, job_id, data, paused=schedule.paused)
+
+    async def _adopt(
+        self, engine: AsyncScheduler, job_id: str, data: dict[str, Any], *, paused: bool
+    ) -> JobSpec | None:
+        """Take over a job added at run time, by this process earlier or by another one."""
+        try:
+            spec = spec_from_definition(job_id, data, self._tz, paused=paused)
+        except Exception as exc:
+            logger.error("stored job %r cannot be loaded, it will not run here: %s", job_id, exc)
+            return None
+        self._specs[job_id] = spec
+        self._executor.register(spec)
+        await self._configure_task(engine, spec)
+        return spec
+
+    @staticmethod
+    async def _remove_task(engine: AsyncScheduler, job_id: str) -> None:
+        try:
+            await engine.data_store.remove_task(job_id)
+        except TaskLookupError:
+            pass
 
     async def _supervise(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         """Run the engine; restart it with backoff if it crashes (trap 6), then give up."""
@@ -638,7 +715,8 @@ class TaskScheduler:
                 raise RuntimeError("the APScheduler engine stopped on its own")
             except Exception as exc:
                 if not started:
-                    raise
+                    # Failing to start is the caller's error to see, not a task group's.
+                    raise _root_exception(exc) from None
                 if self._stopping:
                     return
                 message = _root_message(exc)

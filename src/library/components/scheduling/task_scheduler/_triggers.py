@@ -11,6 +11,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.abc import Trigger
@@ -55,6 +56,13 @@ class TriggerSpec(ABC):
     @abstractmethod
     def info(self) -> TriggerInfo:
         """The spec as users see it."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data that :func:`spec_from_dict` turns back into an equal spec."""
+
+    def _bounds(self) -> dict[str, Any]:
+        return {"start": _iso(self.start), "end": _iso(self.end)}
 
     def _local(self, value: datetime | None) -> datetime | None:
         return None if value is None else value.astimezone(self.tz)
@@ -129,6 +137,9 @@ class IntervalSpec(TriggerSpec):
             end_time=self.end,  # type: ignore[arg-type]  # attrs converter accepts None
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "interval", "seconds": self.interval.total_seconds(), **self._bounds()}
+
     def info(self) -> TriggerInfo:
         return TriggerInfo(
             type="interval",
@@ -189,6 +200,16 @@ class CronSpec(TriggerSpec):
         start = now if self.start is None or self.start < now else self.start
         return self._make(start)
 
+    def to_dict(self) -> dict[str, Any]:
+        fields = None if self.fields is None else {k: str(v) for k, v in self.fields.items()}
+        return {
+            "type": "cron",
+            "expression": self.expression,
+            "fields": fields,
+            "hash_id": self.hash_id,
+            **self._bounds(),
+        }
+
     def info(self) -> TriggerInfo:
         fields = self._probe.fields_dict()
         return TriggerInfo(
@@ -216,6 +237,9 @@ class DateSpec(TriggerSpec):
             return None
         return DateTrigger(self.run_at)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "date", "run_at": _iso(self.run_at)}
+
     def info(self) -> TriggerInfo:
         local = self.run_at.astimezone(self.tz)
         return TriggerInfo(
@@ -224,3 +248,34 @@ class DateSpec(TriggerSpec):
             timezone=self.tz.key,
             run_at=local,
         )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def spec_from_dict(data: Mapping[str, Any], tz: ZoneInfo) -> TriggerSpec:
+    """The inverse of ``TriggerSpec.to_dict()``; a ValueError for data it does not know."""
+    kind = data.get("type")
+    if kind == "interval":
+        return IntervalSpec(
+            seconds=float(data["seconds"]), start=_dt(data["start"]), end=_dt(data["end"]), tz=tz
+        )
+    if kind == "cron":
+        return CronSpec(
+            data["expression"],
+            data["fields"] or {},
+            start=_dt(data["start"]),
+            end=_dt(data["end"]),
+            tz=tz,
+            hash_id=str(data["hash_id"]),
+        )
+    if kind == "date":
+        run_at = _dt(data["run_at"])
+        assert run_at is not None
+        return DateSpec(run_at, tz=tz)
+    raise ValueError(f"unknown trigger type {kind!r} in a stored job definition")

@@ -1,0 +1,150 @@
+"""Jobs in a persistent store: their stored definitions, and reconciling them at start.
+
+Each schedule we put in a persistent store carries our job definition in its metadata
+(``{"task_scheduler": {...}}``): name, callable reference, trigger spec, options, whether
+code declared it, and a fingerprint. At start, declared jobs are reconciled with what the
+store holds; jobs added at run time (by this or another process) are rebuilt from theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler import DeserializationError, Schedule, SerializationError
+from apscheduler._marshalling import callable_from_ref, callable_to_ref
+from apscheduler.abc import Serializer
+
+from ._config import JobDefaults
+from ._jobs import JobSpec, callable_name, is_async_callable
+from ._triggers import spec_from_dict
+
+META_KEY = "task_scheduler"
+
+
+def definition(spec: JobSpec) -> dict[str, Any]:
+    """The job as plain JSON data, with a fingerprint of everything but pause state."""
+    body = {
+        "name": spec.name,
+        "func": spec.func_ref,
+        "trigger": spec.trigger.to_dict(),
+        "options": spec.options.model_dump(),
+        "args": list(spec.args),
+        "kwargs": spec.kwargs,
+    }
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return {"v": 1, "declared": spec.declared, "fingerprint": digest[:32], **body}
+
+
+def as_metadata(spec: JobSpec) -> dict[str, str]:
+    """Schedule metadata carrying the job's definition.
+
+    As a JSON string: APScheduler 4.0.0a6's metadata validator rejects any None nested in
+    a dict (it tests the outer value for None), and definitions are full of them.
+    """
+    return {META_KEY: json.dumps(definition(spec), sort_keys=True)}
+
+
+def stored_definition(schedule: Schedule) -> dict[str, Any] | None:
+    raw = schedule.metadata.get(META_KEY) if schedule.metadata else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_storable(spec: JobSpec, serializer: Serializer) -> None:
+    """Raise a ValueError naming the job if a persistent store could not hold or rerun it."""
+    try:
+        ref = callable_to_ref(spec.func)
+        found = callable_from_ref(ref)
+    except (SerializationError, DeserializationError, LookupError, ValueError) as exc:
+        raise ValueError(
+            f"job {spec.id!r} cannot be stored: its callable {spec.func_ref!r} must be "
+            f"importable by name (a module-level function, not a lambda, a <locals> "
+            f"function, a partial or a bound method): {exc}"
+        ) from None
+    if found is not spec.func:
+        raise ValueError(
+            f"job {spec.id!r} cannot be stored: {ref!r} does not import as the same callable"
+        )
+    try:
+        serializer.deserialize(serializer.serialize([list(spec.args), spec.kwargs]))
+        json.dumps([list(spec.args), spec.kwargs])
+    except (SerializationError, DeserializationError, TypeError, ValueError) as exc:
+        reason = exc.__cause__ or exc
+        raise ValueError(
+            f"job {spec.id!r} cannot be stored: its args and kwargs must be JSON data "
+            f"(str, int, float, bool, None, lists, dicts): {reason}"
+        ) from None
+
+
+def spec_from_definition(
+    job_id: str,
+    data: Mapping[str, Any],
+    tz: ZoneInfo,
+    *,
+    paused: bool,
+) -> JobSpec:
+    """Rebuild a job another process (or an earlier run) added at run time."""
+    func = callable_from_ref(str(data["func"]))
+    return JobSpec(
+        id=job_id,
+        name=str(data["name"]),
+        func=func,
+        func_ref=callable_name(func),
+        is_async=is_async_callable(func),
+        trigger=spec_from_dict(data["trigger"], tz),
+        args=tuple(data.get("args", ())),
+        kwargs=dict(data.get("kwargs", {})),
+        options=JobDefaults.model_validate(data["options"]),
+        paused=paused,
+        declared=False,
+    )
+
+
+@dataclass
+class Plan:
+    """What start() does with each job, after comparing code with the store."""
+
+    create: list[JobSpec] = field(default_factory=list)
+    """Declared jobs the store lacks."""
+    replace: list[JobSpec] = field(default_factory=list)
+    """Declared jobs whose definition changed: new trigger from now (no extra run)."""
+    keep: list[tuple[JobSpec, Schedule]] = field(default_factory=list)
+    """Unchanged declared jobs: their pause state and next fire time stay."""
+    remove: list[str] = field(default_factory=list)
+    """Schedules declared by an earlier version of the code, and no longer."""
+    adopt: list[tuple[str, dict[str, Any], Schedule]] = field(default_factory=list)
+    """Jobs added at run time: rebuilt from their stored definitions."""
+
+
+def plan(declared: Mapping[str, JobSpec], stored: list[Schedule]) -> Plan:
+    """Compare the declared jobs with the stored schedules. Foreign schedules are ignored."""
+    result = Plan()
+    by_id = {schedule.id: schedule for schedule in stored}
+    for job_id, spec in declared.items():
+        schedule = by_id.pop(job_id, None)
+        data = None if schedule is None else stored_definition(schedule)
+        if schedule is None:
+            result.create.append(spec)
+        elif data is not None and data.get("fingerprint") == definition(spec)["fingerprint"]:
+            result.keep.append((spec, schedule))
+        else:
+            result.replace.append(spec)
+    for schedule in by_id.values():
+        data = stored_definition(schedule)
+        if data is None:
+            continue
+        if data.get("declared"):
+            result.remove.append(schedule.id)
+        else:
+            result.adopt.append((schedule.id, data, schedule))
+    return result
