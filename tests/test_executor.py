@@ -479,7 +479,8 @@ async def test_a_thousand_failing_runs_leave_the_scheduler_healthy(anyio_backend
         logging.getLogger(LOGGER).setLevel(logging.NOTSET)
     assert info.counts.error == 1000
     assert status.state == "running"
-    assert len(runtime.history) == 20 and runtime.active == []
+    assert runtime.history is not None and len(runtime.history) == 20
+    assert runtime.active == []
 
 
 @pytest.mark.parametrize("exception", ["KeyboardInterrupt", "SystemExit(3)"])

@@ -97,7 +97,9 @@ class JobRuntime:
     """The live state of one job: its spec, runs in progress, history and counters."""
 
     spec: JobSpec
-    history: deque[RunRecord]
+    history_size: int
+    history: deque[RunRecord] | None = None
+    """Finished attempts, newest first; made at the first one (an idle job costs no deque)."""
     running: int = 0
     """Fires in progress, including one waiting for its retry: they hold max_instances slots."""
     active: list[RunRecord] = field(default_factory=list)
@@ -145,7 +147,7 @@ class TaskExecutor(JobExecutor):
     def register(self, spec: JobSpec) -> JobRuntime:
         runtime = self.jobs.get(spec.id)
         if runtime is None:
-            runtime = JobRuntime(spec, deque(maxlen=self.history_size))
+            runtime = JobRuntime(spec, self.history_size)
             self.jobs[spec.id] = runtime
         else:
             runtime.spec = spec
@@ -160,7 +162,7 @@ class TaskExecutor(JobExecutor):
 
     def runs(self, job_id: str, limit: int) -> list[RunInfo]:
         runtime = self.jobs[job_id]
-        records = [*reversed(runtime.active), *runtime.history][:limit]
+        records = [*reversed(runtime.active), *(runtime.history or ())][:limit]
         return [record.info(self.prefix, self.tz) for record in records]
 
     def last_run(self, runtime: JobRuntime) -> RunInfo | None:
@@ -454,7 +456,10 @@ class TaskExecutor(JobExecutor):
             record.error_type = error_type
         if outcome is not Outcome.success:
             record.error_message = message
-        runtime.history.appendleft(record)
+        history = runtime.history
+        if history is None:
+            history = runtime.history = deque(maxlen=runtime.history_size)
+        history.appendleft(record)
         runtime.counts[_OUTCOME_INDEX[outcome]] += 1
         runtime.last = record
         if outcome is Outcome.success:

@@ -110,8 +110,9 @@ def make_spec(
         )
     overrides = {key: value for key, value in options.items() if key in JobDefaults.model_fields}
     try:
+        # Frozen, so jobs without overrides share the defaults object itself.
         resolved = (
-            defaults.model_copy(update={})
+            defaults
             if not overrides
             else JobDefaults.model_validate({**defaults.model_dump(), **overrides})
         )
