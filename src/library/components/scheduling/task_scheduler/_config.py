@@ -65,7 +65,8 @@ def validate_timezone(name: str) -> str:
 class SchedulerConfig(BaseModel):
     """Settings of one :class:`TaskScheduler`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Store URLs may hold passwords: errors name the value through our own messages only.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     timezone: str = Field(
         "UTC",

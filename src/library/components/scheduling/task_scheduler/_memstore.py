@@ -1,36 +1,524 @@
-"""The in-memory data store: APScheduler's ``MemoryDataStore`` with two 4.0.0a6 defects
-closed, each in one method below."""
+"""The in-memory data store: indexed, so no operation scans every schedule or job.
+
+Replaces APScheduler 4.0.0a6's ``MemoryDataStore`` (written against its ``DataStore``
+interface, not derived from its code). The stock store keeps every schedule in one sorted
+list and every job in one dict, and scans them: ``get_schedules({id})`` reads every schedule
+(so adding jobs at run time was O(n)), ``acquire_jobs`` reads every queued job. Here:
+
+- schedules: a dict by id, and a heap of ``(next_fire_time, id, schedule)`` entries for those
+  that can fire. A paused or finished schedule is never in the heap, so the schedule loop
+  cannot spin on a paused one (trap 9), and nothing else indexes schedules, so a removed
+  schedule leaves nothing behind (trap 10). Entries made stale by a replace, pause or removal
+  are skipped when they surface and compacted when they pile up;
+- jobs: a dict by id, a FIFO of queued jobs, and per task a FIFO of jobs waiting for a
+  ``max_running_jobs`` slot, moved back to the front of the queue when a slot frees;
+- events are built only when the event broker has a subscriber for them (our
+  :class:`LeanEventBroker` says so; any other broker gets every event, as before);
+- the engine of :mod:`._engine` registers wake-up callbacks (:meth:`MemoryStore.add_wakers`)
+  instead of receiving a ``JobAdded``/``ScheduleUpdated`` event per fire.
+
+Semantics kept from the stock store: a replaced task keeps its running-job count; a schedule's
+or job's lease that expired may be taken again; start deadlines are enforced at acquire time;
+results are kept only with ``result_expiration_time > 0``; ``cleanup()`` drops expired
+results, releases jobs whose lease expired as ``abandoned``, and removes finished schedules
+that have no job left.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta, timezone
+from heapq import heapify, heappop, heappush
+from logging import Logger
+from uuid import UUID
 
-from apscheduler.datastores.memory import MemoryDataStore
+import attrs
+from apscheduler import (
+    ConflictingIdError,
+    ConflictPolicy,
+    Event,
+    Job,
+    JobAcquired,
+    JobAdded,
+    JobOutcome,
+    JobReleased,
+    JobResult,
+    Schedule,
+    ScheduleAdded,
+    ScheduleRemoved,
+    ScheduleResult,
+    ScheduleUpdated,
+    Task,
+    TaskAdded,
+    TaskLookupError,
+    TaskRemoved,
+    TaskUpdated,
+)
+from apscheduler.abc import EventBroker
+from apscheduler.datastores.base import BaseDataStore
+
+from ._pin import require_engine_version
+
+require_engine_version()
+
+_utc = timezone.utc
+_zero = timedelta(0)
+_set = object.__setattr__
+"""Sets an attrs field without its converter: only for values that are already what the
+converter would return (aware datetimes or None), on this hot path."""
+
+Entry = tuple[datetime, str, Schedule]
+ScheduleWaker = Callable[[datetime | None], None]
+JobWaker = Callable[[], None]
 
 
-class MemoryStore(MemoryDataStore):
-    """APScheduler's memory store, without its paused-schedule spin and removed-schedule leak."""
+def _set_time(obj: object, name: str, value: datetime | None) -> None:
+    """Set a datetime field; naive values go through attrs' converter as before."""
+    if value is None or value.tzinfo is not None:
+        _set(obj, name, value)
+    else:
+        setattr(obj, name, value)
 
-    async def get_next_schedule_run_time(self) -> datetime | None:
-        # Trap 9 (4.0.0a6): the stock store returns a *paused* schedule's past fire time, so
-        # the schedule loop sleeps a negative time and spins the CPU while it stays paused.
-        for schedule in self._schedules:
-            if not schedule.paused:
-                next_fire_time: datetime | None = schedule.next_fire_time
-                return next_fire_time
-        return None
+
+def _always(event_type: type[Event]) -> bool:
+    return True
+
+
+@attrs.define(eq=False, repr=False)
+class MemoryStore(BaseDataStore):
+    """Tasks, schedules and jobs in memory, for one process; every operation is indexed."""
+
+    _tasks: dict[str, Task] = attrs.field(init=False, factory=dict)
+    _entries: dict[str, Entry] = attrs.field(init=False, factory=dict)
+    """Every schedule by id, as its current heap entry (in the heap only if it can fire)."""
+    _heap: list[Entry] = attrs.field(init=False, factory=list)
+    _acquired: dict[str, Schedule] = attrs.field(init=False, factory=dict)
+    """Schedules a scheduler has acquired and not released yet (out of the heap meanwhile)."""
+    _jobs: dict[UUID, Job] = attrs.field(init=False, factory=dict)
+    _queue: deque[Job] = attrs.field(init=False, factory=deque)
+    """Jobs ready to be acquired, oldest first."""
+    _waiting: dict[str, deque[Job]] = attrs.field(init=False, factory=dict)
+    """Per task, queued jobs that found the task at its max_running_jobs."""
+    _held: dict[UUID, Job] = attrs.field(init=False, factory=dict)
+    """Acquired jobs."""
+    _next_lease_check: datetime | None = attrs.field(init=False, default=None)
+    """No held job's lease expires before this (a lower bound; None: no job is held)."""
+    _job_results: dict[UUID, JobResult] = attrs.field(init=False, factory=dict)
+    _schedule_wakers: list[ScheduleWaker] = attrs.field(init=False, factory=list)
+    _job_wakers: list[JobWaker] = attrs.field(init=False, factory=list)
+    _wants: Callable[[type[Event]], bool] = attrs.field(init=False, default=_always)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    async def start(
+        self, exit_stack: AsyncExitStack, event_broker: EventBroker, logger: Logger
+    ) -> None:
+        await super().start(exit_stack, event_broker, logger)
+        # A broker that can tell whether anyone listens (ours) spares building unheard events.
+        wants = getattr(event_broker, "wants", None)
+        self._wants = wants if callable(wants) else _always
+
+    def add_wakers(
+        self, *, schedules: ScheduleWaker | None = None, jobs: JobWaker | None = None
+    ) -> Callable[[], None]:
+        """Call ``schedules(next_fire_time)`` when a schedule is added or replaced, and
+        ``jobs()`` when a job is queued or unblocked; returns the function that unregisters."""
+        if schedules is not None:
+            self._schedule_wakers.append(schedules)
+        if jobs is not None:
+            self._job_wakers.append(jobs)
+
+        def remove() -> None:
+            if schedules is not None and schedules in self._schedule_wakers:
+                self._schedule_wakers.remove(schedules)
+            if jobs is not None and jobs in self._job_wakers:
+                self._job_wakers.remove(jobs)
+
+        return remove
+
+    def wants(self, event_type: type[Event]) -> bool:
+        """True if publishing an event of this type reaches someone."""
+        return self._wants(event_type)
+
+    # ------------------------------------------------------------------------ tasks
+
+    async def add_task(self, task: Task) -> None:
+        old = self._tasks.get(task.id)
+        self._tasks[task.id] = task
+        if old is not None:
+            task.running_jobs = old.running_jobs
+            # The limit may have changed: let its waiting jobs try again.
+            self._unblock(task.id, every=True)
+            if self._wants(TaskUpdated):
+                await self._event_broker.publish(TaskUpdated(task_id=task.id))
+        elif self._wants(TaskAdded):
+            await self._event_broker.publish(TaskAdded(task_id=task.id))
+
+    async def remove_task(self, task_id: str) -> None:
+        try:
+            del self._tasks[task_id]
+        except KeyError:
+            raise TaskLookupError(task_id) from None
+        self._unblock(task_id, every=True)
+        if self._wants(TaskRemoved):
+            await self._event_broker.publish(TaskRemoved(task_id=task_id))
+
+    async def get_task(self, task_id: str) -> Task:
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            raise TaskLookupError(task_id) from None
+
+    async def get_tasks(self) -> list[Task]:
+        return sorted(self._tasks.values())
+
+    # ------------------------------------------------------------------------ schedules
+
+    async def get_schedules(self, ids: set[str] | None = None) -> list[Schedule]:
+        entries = self._entries
+        if ids is None:
+            return [entry[2] for entry in entries.values()]
+        return [entries[schedule_id][2] for schedule_id in ids if schedule_id in entries]
+
+    def _enter(self, schedule: Schedule) -> None:
+        """Make ``schedule`` the current one for its id; in the heap if it can fire."""
+        next_fire_time = schedule.next_fire_time
+        entry = (next_fire_time, schedule.id, schedule)
+        self._entries[schedule.id] = entry  # type: ignore[assignment]
+        if next_fire_time is not None and not schedule.paused:
+            heappush(self._heap, entry)  # type: ignore[arg-type]
+            # Replaced, paused and removed schedules leave stale entries: compact now and then.
+            if len(self._heap) > 2 * len(self._entries) + 64:
+                self._compact()
+
+    def _compact(self) -> None:
+        entries = self._entries
+        self._heap = [entry for entry in self._heap if entries.get(entry[1]) is entry]
+        heapify(self._heap)
+
+    async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
+        replaced = schedule.id in self._entries
+        if replaced:
+            if conflict_policy is ConflictPolicy.do_nothing:
+                return
+            if conflict_policy is ConflictPolicy.exception:
+                raise ConflictingIdError(schedule.id)
+            self._acquired.pop(schedule.id, None)
+        self._enter(schedule)
+        for wake in self._schedule_wakers:
+            wake(schedule.next_fire_time)
+        event_type = ScheduleUpdated if replaced else ScheduleAdded
+        if self._wants(event_type):
+            await self._event_broker.publish(
+                event_type(
+                    schedule_id=schedule.id,
+                    task_id=schedule.task_id,
+                    next_fire_time=schedule.next_fire_time,
+                )
+            )
 
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
-        # Trap 10 (4.0.0a6): the stock store never drops removed schedules from
-        # _schedules_by_task_id, keeping ~1 KB per removed schedule for good.
-        ids = list(ids)
-        for schedule_id in ids:
-            schedule = self._schedules_by_id.get(schedule_id)
-            if schedule is not None:
-                same_task = self._schedules_by_task_id.get(schedule.task_id)
-                if same_task is not None:
-                    same_task.discard(schedule)
-                    if not same_task:
-                        del self._schedules_by_task_id[schedule.task_id]
-        await super().remove_schedules(ids, finished=finished)
+        for schedule_id in list(ids):
+            entry = self._entries.pop(schedule_id, None)
+            if entry is None:
+                continue
+            self._acquired.pop(schedule_id, None)
+            if self._wants(ScheduleRemoved):
+                await self._event_broker.publish(
+                    ScheduleRemoved(
+                        schedule_id=schedule_id, task_id=entry[2].task_id, finished=finished
+                    )
+                )
+        if self._heap and len(self._heap) > 2 * len(self._entries) + 64:
+            self._compact()
+
+    async def acquire_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Schedule]:
+        now = datetime.now(_utc)
+        until = now + lease_duration
+        schedules: list[Schedule] = []
+        if self._acquired:
+            # Held and never released: ours again at once (a restarted loop), anyone's after
+            # the lease (a scheduler that died).
+            for schedule in list(self._acquired.values()):
+                if len(schedules) >= limit:
+                    break
+                next_fire_time = schedule.next_fire_time
+                if next_fire_time is None or next_fire_time > now:
+                    continue
+                held_until = schedule.acquired_until
+                if schedule.acquired_by != scheduler_id and (
+                    held_until is not None and now <= held_until
+                ):
+                    continue
+                _set(schedule, "acquired_by", scheduler_id)
+                _set(schedule, "acquired_until", until)
+                schedules.append(schedule)
+        heap, entries, acquired = self._heap, self._entries, self._acquired
+        while heap and len(schedules) < limit:
+            entry = heap[0]
+            if entry[0] > now:
+                break
+            heappop(heap)
+            if entries.get(entry[1]) is not entry:
+                continue  # stale
+            schedule = entry[2]
+            _set(schedule, "acquired_by", scheduler_id)
+            _set(schedule, "acquired_until", until)
+            acquired[entry[1]] = schedule
+            schedules.append(schedule)
+        return schedules
+
+    async def release_schedules(
+        self, scheduler_id: str, results: Sequence[ScheduleResult]
+    ) -> None:
+        wants_event = self._wants(ScheduleUpdated)
+        for result in results:
+            schedule = self.reschedule(
+                result.schedule_id, result.last_fire_time, result.next_fire_time
+            )
+            if schedule is not None and wants_event:
+                await self._event_broker.publish(
+                    ScheduleUpdated(
+                        schedule_id=schedule.id,
+                        task_id=schedule.task_id,
+                        next_fire_time=schedule.next_fire_time,
+                    )
+                )
+
+    def reschedule(
+        self, schedule_id: str, last_fire_time: datetime, next_fire_time: datetime | None
+    ) -> Schedule | None:
+        """Release one acquired schedule with its new fire times (no event; the engine's
+        fast path, which publishes ``ScheduleUpdated`` itself only if someone listens)."""
+        entry = self._entries.get(schedule_id)
+        if entry is None:
+            return None  # removed while it was being processed
+        schedule = entry[2]
+        self._acquired.pop(schedule_id, None)
+        _set_time(schedule, "last_fire_time", last_fire_time)
+        _set_time(schedule, "next_fire_time", next_fire_time)
+        _set(schedule, "acquired_by", None)
+        _set(schedule, "acquired_until", None)
+        self._enter(schedule)
+        return schedule
+
+    async def get_next_schedule_run_time(self) -> datetime | None:
+        return self.next_run_time()
+
+    def next_run_time(self) -> datetime | None:
+        """The earliest fire time of a schedule that can fire (paused ones cannot)."""
+        heap, entries = self._heap, self._entries
+        while heap and entries.get(heap[0][1]) is not heap[0]:
+            heappop(heap)
+        earliest = heap[0][0] if heap else None
+        for schedule in self._acquired.values():
+            # Held by a scheduler: due again for the others when its lease ends.
+            candidate = schedule.acquired_until
+            if schedule.next_fire_time is not None and candidate is not None:
+                candidate = max(candidate, schedule.next_fire_time)
+                if earliest is None or candidate < earliest:
+                    earliest = candidate
+        return earliest
+
+    # ------------------------------------------------------------------------ jobs
+
+    async def add_job(self, job: Job) -> None:
+        self.queue_job(job)
+        if self._wants(JobAdded):
+            await self._event_broker.publish(
+                JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
+            )
+
+    def queue_job(self, job: Job, *, wake: bool = True) -> None:
+        """Queue a job (no event: the engine's fast path, which wakes its job loop itself)."""
+        self._jobs[job.id] = job
+        self._queue.append(job)
+        if wake:
+            for waker in self._job_wakers:
+                waker()
+
+    async def get_jobs(self, ids: Iterable[UUID] | None = None) -> list[Job]:
+        jobs = self._jobs
+        if ids is None:
+            return list(jobs.values())
+        return [jobs[job_id] for job_id in dict.fromkeys(ids) if job_id in jobs]
+
+    async def acquire_jobs(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int | None = None
+    ) -> list[Job]:
+        now = datetime.now(_utc)
+        if self._next_lease_check is not None and now > self._next_lease_check:
+            self._requeue_expired(now)
+        until = now + lease_duration
+        acquired: list[Job] = []
+        missed: list[Job] = []
+        queue, jobs, tasks, held = self._queue, self._jobs, self._tasks, self._held
+        while queue and (limit is None or len(acquired) < limit):
+            job = queue.popleft()
+            if jobs.get(job.id) is not job:
+                continue  # released before it was acquired
+            if job.start_deadline is not None and job.start_deadline < now:
+                missed.append(job)
+                continue
+            task = tasks.get(job.task_id)
+            if task is not None:
+                limit_ = task.max_running_jobs
+                if limit_ is not None and task.running_jobs >= limit_:
+                    self._waiting.setdefault(job.task_id, deque()).append(job)
+                    continue
+                task.running_jobs += 1
+            _set(job, "acquired_by", scheduler_id)
+            _set(job, "acquired_until", until)
+            held[job.id] = job
+            acquired.append(job)
+        if acquired and self._next_lease_check is None:
+            self._next_lease_check = until
+        if acquired and self._wants(JobAcquired):
+            for job in acquired:
+                await self._event_broker.publish(
+                    JobAcquired.from_job(job, scheduler_id=scheduler_id)
+                )
+        for job in missed:
+            result = JobResult.from_job(
+                job, JobOutcome.missed_start_deadline, finished_at=now
+            )
+            await self.release_job(scheduler_id, job, result)
+        return acquired
+
+    def _requeue_expired(self, now: datetime) -> None:
+        """Jobs whose lease expired go back to the front of the queue (as in the stock
+        store, another acquire may take them); recompute the next check."""
+        earliest: datetime | None = None
+        expired: list[Job] = []
+        for job in self._held.values():
+            until = job.acquired_until
+            if until is not None and until < now:
+                expired.append(job)
+            elif until is not None and (earliest is None or until < earliest):
+                earliest = until
+        for job in reversed(expired):
+            del self._held[job.id]
+            self._give_back_slot(job.task_id)
+            _set(job, "acquired_by", None)
+            _set(job, "acquired_until", None)
+            self._queue.appendleft(job)
+        self._next_lease_check = earliest
+
+    def _give_back_slot(self, task_id: str) -> None:
+        task = self._tasks.get(task_id)
+        if task is not None:
+            task.running_jobs -= 1
+            if task_id in self._waiting:
+                self._unblock(task_id, every=False)
+
+    def _unblock(self, task_id: str, *, every: bool) -> None:
+        """Put a task's first waiting job (or all of them) back at the front of the queue."""
+        waiting = self._waiting.get(task_id)
+        if not waiting:
+            return
+        if every:
+            del self._waiting[task_id]
+            self._queue.extendleft(reversed(waiting))
+        else:
+            self._queue.appendleft(waiting.popleft())
+            if not waiting:
+                del self._waiting[task_id]
+        for waker in self._job_wakers:
+            waker()
+
+    async def release_job(self, scheduler_id: str, job: Job, result: JobResult) -> None:
+        if result.expires_at > result.finished_at:
+            self._job_results[result.job_id] = result
+        self.forget_job(job)
+        if self._wants(JobReleased):
+            await self._event_broker.publish(
+                JobReleased.from_result(
+                    result, scheduler_id, job.task_id, job.schedule_id, job.scheduled_fire_time
+                )
+            )
+
+    def forget_job(self, job: Job) -> None:
+        """Drop a finished job and give its task slot back (no result, no event: the
+        engine's fast path, used when neither is wanted)."""
+        if self._jobs.pop(job.id, None) is None:
+            return
+        if self._held.pop(job.id, None) is not None and job.acquired_by:
+            self._give_back_slot(job.task_id)
+            if not self._held:
+                self._next_lease_check = None
+
+    def needs_job_result(self, job: Job) -> bool:
+        """True if releasing ``job`` must build a ``JobResult`` (kept, or sent in an event)."""
+        return job.result_expiration_time > _zero or self._wants(JobReleased)
+
+    async def get_job_result(self, job_id: UUID) -> JobResult | None:
+        return self._job_results.pop(job_id, None)
+
+    async def extend_acquired_schedule_leases(
+        self, scheduler_id: str, schedule_ids: set[str], duration: timedelta
+    ) -> None:
+        until = datetime.now(_utc) + duration
+        for schedule_id in schedule_ids:
+            schedule = self._acquired.get(schedule_id)
+            if schedule is not None and schedule.acquired_by == scheduler_id:
+                _set(schedule, "acquired_until", until)
+
+    async def extend_acquired_job_leases(
+        self, scheduler_id: str, job_ids: set[UUID], duration: timedelta
+    ) -> None:
+        until = datetime.now(_utc) + duration
+        for job_id in job_ids:
+            job = self._held.get(job_id)
+            if job is not None and job.acquired_by == scheduler_id:
+                _set(job, "acquired_until", until)
+
+    async def reap_abandoned_jobs(self, scheduler_id: str) -> None:
+        now = datetime.now(_utc)
+        for job in [job for job in self._held.values() if job.acquired_by == scheduler_id]:
+            result = JobResult.from_job(job, JobOutcome.abandoned, finished_at=now)
+            await self.release_job(scheduler_id, job, result)
+
+    async def cleanup(self) -> None:
+        now = datetime.now(_utc)
+        for job_id in [
+            job_id for job_id, result in self._job_results.items() if result.expires_at <= now
+        ]:
+            del self._job_results[job_id]
+        expired = [
+            job
+            for job in self._held.values()
+            if job.acquired_until is not None and job.acquired_until < now
+        ]
+        for job in expired:
+            assert job.acquired_by is not None
+            result = JobResult.from_job(job, JobOutcome.abandoned, finished_at=now)
+            await self.release_job(job.acquired_by, job, result)
+        with_jobs = {job.schedule_id for job in self._jobs.values()}
+        finished = [
+            schedule_id
+            for schedule_id, entry in self._entries.items()
+            if entry[2].next_fire_time is None and schedule_id not in with_jobs
+        ]
+        await self.remove_schedules(finished, finished=True)
+
+    # ------------------------------------------------------------------------ for tests
+
+    def stats(self) -> dict[str, int]:
+        """Sizes of every index (tests check that nothing is left behind)."""
+        return {
+            "tasks": len(self._tasks),
+            "schedules": len(self._entries),
+            "heap": len(self._heap),
+            "acquired": len(self._acquired),
+            "jobs": len(self._jobs),
+            "queue": len(self._queue),
+            "waiting": sum(len(waiting) for waiting in self._waiting.values()),
+            "held": len(self._held),
+            "results": len(self._job_results),
+            "wakers": len(self._schedule_wakers) + len(self._job_wakers),
+        }

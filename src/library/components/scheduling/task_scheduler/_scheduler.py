@@ -31,6 +31,7 @@ from ._executor import RUN_REQUEST_KEY, RunRecord, TaskExecutor, logger
 from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
 from ._models import JobInfo, RunInfo, SchedulerState, SchedulerStatus
 from ._reconcile import as_metadata, check_storable, plan, spec_from_definition
+from ._siblings import warn_about_siblings
 from ._stores import SafeJSONSerializer, open_backend, parse_store_url
 from ._triggers import CronSpec, DateSpec, IntervalSpec, TriggerSpec
 
@@ -628,11 +629,30 @@ class TaskScheduler:
             except BaseExceptionGroup:
                 pass  # the task group reports the same failure we are raising
             raise
+        if not self._store.persistent:
+            declared = [spec.id for spec in self._specs.values() if spec.declared]
+            lock = warn_about_siblings(declared)
+            if lock is not None:
+                stack.callback(lock.release)
         self._exit_stack = stack
         self._task_group = task_group
         self._started_at = _utcnow()
         self._state = "running"
         logger.info("task scheduler started with %d job(s)", len(self._specs))
+
+    async def _release_claims(self, engine: AsyncScheduler) -> None:
+        """After a clean stop, give back the schedules the engine still claims (SQL stores)."""
+        release = getattr(engine.data_store, "release_claims", None)
+        if release is None:
+            return
+        try:
+            with anyio.fail_after(TEARDOWN_GRACE):
+                count = await release(self._identity)
+        except Exception as exc:
+            logger.warning("could not give back claimed schedules at shutdown: %s", exc)
+        else:
+            if count:
+                logger.info("gave back %d claimed schedule(s) at shutdown", count)
 
     async def _close_hooks(self) -> None:
         send, self._hook_send = self._hook_send, None
@@ -710,6 +730,8 @@ class TaskScheduler:
                         self._state = "running"
                         logger.warning("APScheduler engine restarted")
                     await engine.wait_until_stopped()
+                    if self._stopping:
+                        await self._release_claims(engine)
                 if self._stopping:
                     return
                 raise RuntimeError("the APScheduler engine stopped on its own")

@@ -182,8 +182,9 @@ async def open_backend(
             f"asyncio-only), but this is {library}: run on asyncio, or use memory://"
         )
     require_modules(store.kind)
-    from apscheduler.datastores.sqlalchemy import SQLAlchemyDataStore
     from sqlalchemy.ext.asyncio import create_async_engine
+
+    from ._sqlstore import SQLStore, ensure_schema
 
     assert store.sqlalchemy_url is not None
     connect_args: dict[str, Any] = {}
@@ -199,7 +200,9 @@ async def open_backend(
         raise StoreUnavailableError(
             f"cannot reach the store {store.display} within {connect_timeout} s: {exc}"
         ) from exc
-    data_store = SQLAlchemyDataStore(engine, schema=store.schema, serializer=SafeJSONSerializer())
+    if store.schema is not None:
+        await ensure_schema(engine, store.schema)
+    data_store = SQLStore(engine, schema=store.schema, serializer=SafeJSONSerializer())
     event_broker: EventBroker
     if broker_url:
         event_broker = await _redis_broker(broker_url, connect_timeout)

@@ -1,0 +1,218 @@
+"""Schedules that survive restarts: SQLite and PostgreSQL stores, reconciled at start.
+
+The SQL store is asyncio-only (tests/test_stores.py checks the error on trio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import anyio
+import pytest
+
+from library.components.scheduling.task_scheduler import (
+    Outcome,
+    RunInfo,
+    SchedulerConfig,
+    TaskScheduler,
+)
+from library.components.scheduling.task_scheduler.testing import wait_for_runs
+
+pytestmark = pytest.mark.anyio
+
+CALLS: list[str] = []
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def clear_calls() -> Iterator[None]:
+    CALLS.clear()
+    yield
+    CALLS.clear()
+
+
+async def tick() -> None:
+    CALLS.append("tick")
+
+
+async def other() -> None:
+    CALLS.append("other")
+
+
+async def greet(name: str, *, punctuation: str = "!") -> None:
+    CALLS.append(f"hello {name}{punctuation}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jobs.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def scheduler_for(store: str, **job: object) -> TaskScheduler:
+    scheduler = TaskScheduler(SchedulerConfig(store=store))
+    scheduler.interval(id="tick", **{"hours": 1, **job})(tick)  # type: ignore[arg-type]
+    return scheduler
+
+
+async def test_schedule_and_next_fire_time_survive_a_restart(store: str) -> None:
+    first = scheduler_for(store)
+    async with first:
+        before = await first.get_job("tick")
+    second = scheduler_for(store)
+    async with second:
+        after = await second.get_job("tick")
+    assert after.next_run_time == before.next_run_time  # unchanged definition: kept
+    assert after.trigger == before.trigger
+
+
+async def test_pause_survives_a_restart(store: str) -> None:
+    first = scheduler_for(store, hours=0, seconds=0.1)
+    async with first:
+        await first.pause_job("tick")
+    second = scheduler_for(store, hours=0, seconds=0.1)
+    async with second:
+        info = await second.get_job("tick")
+        await anyio.sleep(0.4)
+    assert info.paused and info.next_run_time is None
+    assert CALLS == []
+
+
+async def test_changed_definition_is_updated_without_an_extra_run(store: str) -> None:
+    first = scheduler_for(store)
+    async with first:
+        pass
+    second = scheduler_for(store, hours=2)
+    started = datetime.now(timezone.utc)
+    async with second:
+        info = await second.get_job("tick")
+        await anyio.sleep(0.3)
+    assert info.trigger.interval_seconds == 7200
+    assert info.next_run_time is not None
+    assert info.next_run_time - started >= timedelta(hours=2) - timedelta(seconds=5)
+    assert CALLS == []  # trap 11: a replaced interval trigger would fire at once
+
+
+async def test_jobs_no_longer_declared_are_removed_runtime_jobs_are_kept(store: str) -> None:
+    first = scheduler_for(store)
+    first.cron("0 3 * * *", id="old")(other)
+    async with first:
+        await first.add_interval_job(greet, "greet", seconds=0.1, args=["ada"])
+    second = scheduler_for(store)
+    async with second:
+        ids = [job.id for job in await second.get_jobs()]
+        await wait_for_runs(second, "greet")
+    assert sorted(ids) == ["greet", "tick"]
+    assert "hello ada!" in CALLS
+
+
+async def backlog_after_restart(store: str, **job: object) -> list[RunInfo]:
+    """Runs for fires that came due while the scheduler was stopped for ~1.6 s (3 fires)."""
+    job = {"hours": 0, "seconds": 0.5, **job}
+    first = scheduler_for(store, **job)
+    async with first:
+        await wait_for_runs(first, "tick")
+    stopped = datetime.now(timezone.utc)
+    await anyio.sleep(1.6)
+    second = scheduler_for(store, **job)
+    # Fires due by then are the backlog (starting the store takes well under 0.25 s).
+    restarted = datetime.now(timezone.utc) + timedelta(seconds=0.25)
+    async with second:
+        await anyio.sleep(0.6)
+        runs = await second.get_runs("tick")
+    return [run for run in runs if stopped < run.scheduled_at < restarted]
+
+
+async def test_coalesced_backlog_runs_once_after_a_restart(store: str) -> None:
+    backlog = await backlog_after_restart(store)
+    assert [run.outcome for run in backlog] == [Outcome.success]
+
+
+async def test_each_missed_fire_runs_without_coalescing(store: str) -> None:
+    backlog = await backlog_after_restart(store, coalesce=False)
+    assert len(backlog) == 3
+    assert all(run.outcome is Outcome.success for run in backlog)
+
+
+async def test_missed_fires_past_the_grace_time_are_recorded_not_run(store: str) -> None:
+    job = {"hours": 0, "seconds": 0.2, "misfire_grace_time": 0.1, "coalesce": False}
+    first = scheduler_for(store, **job)
+    async with first:
+        await wait_for_runs(first, "tick")
+    await anyio.sleep(0.7)
+    second = scheduler_for(store, **job)
+    async with second:
+        (missed, *_) = await wait_for_runs(second, "tick", outcome=Outcome.missed)
+    assert "misfire_grace_time is 0.1 s" in (missed.error_message or "")
+
+
+async def test_run_time_jobs_are_adopted_with_their_options(store: str) -> None:
+    first = TaskScheduler(SchedulerConfig(store=store))
+    async with first:
+        await first.add_cron_job(
+            greet, "nightly", "0 3 * * *", kwargs={"name": "bob", "punctuation": "?"},
+            timeout=30, max_instances=2, paused=True,
+        )  # fmt: skip
+    second = TaskScheduler(SchedulerConfig(store=store))
+    async with second:
+        info = await second.get_job("nightly")
+        await second.resume_job("nightly")
+        run = await second.run_job("nightly")
+    assert (info.timeout, info.max_instances, info.paused) == (30, 2, True)
+    assert info.trigger.expression == "0 3 * * *"
+    assert run.outcome is Outcome.success
+    assert CALLS == ["hello bob?"]
+
+
+async def test_removed_run_time_job_stays_removed(store: str) -> None:
+    first = TaskScheduler(SchedulerConfig(store=store))
+    async with first:
+        await first.add_interval_job(other, "temp", hours=1)
+        await first.remove_job("temp")
+    second = TaskScheduler(SchedulerConfig(store=store))
+    async with second:
+        assert await second.get_jobs() == []
+
+
+def test_unstorable_callables_fail_at_declaration(tmp_path: Path) -> None:
+    scheduler = TaskScheduler(SchedulerConfig(store=f"sqlite:///{tmp_path}/jobs.db"))
+
+    async def local() -> None:
+        pass
+
+    with pytest.raises(ValueError, match=r"job 'local' cannot be stored: .*<locals>"):
+        scheduler.interval(seconds=5, id="local")(local)
+    with pytest.raises(ValueError, match="job 'lambda' cannot be stored"):
+        scheduler.interval(seconds=5, id="lambda")(lambda: None)
+
+
+async def test_unstorable_args_fail_when_added(tmp_path: Path) -> None:
+    scheduler = TaskScheduler(SchedulerConfig(store=f"sqlite:///{tmp_path}/jobs.db"))
+    with pytest.raises(ValueError, match="job 'g' cannot be stored: its args and kwargs"):
+        await scheduler.add_interval_job(greet, "g", seconds=5, args=[object()])
+    assert await scheduler.get_jobs() == []
+
+
+async def test_several_schedulers_starting_together_reconcile_once(pg_url: str) -> None:
+    schedulers = [scheduler_for(pg_url, hours=0, seconds=0.2) for _ in range(3)]
+
+    async def run(scheduler: TaskScheduler) -> None:
+        async with scheduler:
+            await anyio.sleep(1.1)
+
+    async with anyio.create_task_group() as tg:
+        for scheduler in schedulers:
+            tg.start_soon(run, scheduler)
+    # Each fire ran once across the three (they share the store), roughly five fires.
+    runs = [run for s in schedulers for run in await s.get_runs("tick")]
+    fire_times = [run.scheduled_at for run in runs if run.outcome is Outcome.success]
+    assert len(fire_times) == len(set(fire_times))
+    assert 3 <= len(fire_times) <= 7
