@@ -660,8 +660,8 @@ class TaskScheduler:
             await send.aclose()
 
     async def _install_all(self, engine: AsyncScheduler) -> None:
-        now = _utcnow()
         if not self._store.persistent:
+            now = _utcnow()
             for spec in list(self._specs.values()):
                 await self._install(engine, spec, now, allow_past=False)
             return
@@ -669,7 +669,7 @@ class TaskScheduler:
         for spec in todo.create:
             # do_nothing: several processes starting at once each try to create it.
             await self._install(
-                engine, spec, now, allow_past=False, policy=ConflictPolicy.do_nothing
+                engine, spec, _utcnow(), allow_past=False, policy=ConflictPolicy.do_nothing
             )
         for spec, schedule in todo.keep:
             spec.paused = schedule.paused  # the store's pause state and next fire time stay
@@ -679,7 +679,9 @@ class TaskScheduler:
             if old:
                 spec.paused = old[0].paused
             # A changed definition gets a fresh trigger from now: no extra run (trap 11).
-            await self._install(engine, spec, now, allow_past=False, policy=ConflictPolicy.replace)
+            await self._install(
+                engine, spec, _utcnow(), allow_past=False, policy=ConflictPolicy.replace
+            )
             logger.info("job %r changed since it was stored: updated", spec.id)
         for job_id in todo.remove:
             await engine.remove_schedule(job_id)
@@ -842,6 +844,9 @@ class TaskScheduler:
                     )
                 self._stopping = True
                 if self._engine is not None:
+                    stop_claiming = getattr(self._engine.data_store, "stop_claiming", None)
+                    if stop_claiming is not None:
+                        await stop_claiming(TEARDOWN_GRACE)
                     await self._engine.stop()
                 await self._close_hooks()
             finally:

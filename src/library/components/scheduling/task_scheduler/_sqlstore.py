@@ -3,10 +3,13 @@ at this boundary, each in one method below with a regression test."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import anyio
 import attrs
-from apscheduler import ScheduleUpdated
+from apscheduler import ConflictPolicy, Schedule, ScheduleResult, ScheduleUpdated
 from apscheduler.datastores.sqlalchemy import SQLAlchemyDataStore
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -14,11 +17,87 @@ from sqlalchemy.schema import CreateSchema
 
 SCHEMA_LOCK_KEY = 0x7A5C_4E11
 """pg_advisory_xact_lock key held while a process creates the tables."""
+REPLACE_WAIT = 10.0
+"""Seconds a replace waits for another process to release its claim on the schedule."""
 
 
 @attrs.define(eq=False, repr=False)
 class SQLStore(SQLAlchemyDataStore):
     """APScheduler's SQL data store, safe to start concurrently and to stop cleanly."""
+
+    _claiming: bool = attrs.field(init=False, default=True)
+    _in_hand: int = attrs.field(init=False, default=0)
+    """Schedule batches acquired and not yet released."""
+    _released: anyio.Event | None = attrs.field(init=False, default=None)
+
+    async def acquire_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Schedule]:
+        if not self._claiming:
+            return []
+        schedules: list[Schedule] = await super().acquire_schedules(
+            scheduler_id, lease_duration, limit
+        )
+        if schedules:
+            self._in_hand += 1
+        return schedules
+
+    async def release_schedules(self, scheduler_id: str, results: Sequence[ScheduleResult]) -> None:
+        try:
+            await super().release_schedules(scheduler_id, results)
+        finally:
+            if results and self._in_hand:
+                self._in_hand -= 1
+                if not self._in_hand and self._released is not None:
+                    self._released.set()
+
+    async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
+        if conflict_policy is not ConflictPolicy.replace:
+            await super().add_schedule(schedule, conflict_policy)
+            return
+        # 4.0.0a6 replaces a schedule even while another process holds its claim: a fire
+        # that process already enqueued can then be enqueued again from the new row (a
+        # duplicate run). Replace only once nobody holds it (claims last one batch).
+        table = self._t_schedules
+        deadline = anyio.current_time() + REPLACE_WAIT
+        while True:
+            now = datetime.now(timezone.utc)
+            async with self._begin_transaction() as conn:
+                claimed = (
+                    await self._execute(
+                        conn,
+                        select(table.c.id).where(
+                            table.c.id == schedule.id,
+                            table.c.acquired_by.is_not(None),
+                            table.c.acquired_until >= now,
+                        ),
+                    )
+                ).first()
+            if claimed is None or anyio.current_time() > deadline:
+                break
+            await anyio.sleep(0.02)
+        # Whatever the old definition fired last is not fired again by the new one.
+        old = await self.get_schedules({schedule.id})
+        last = old[0].last_fire_time if old else None
+        while last is not None and schedule.next_fire_time is not None:
+            if schedule.next_fire_time > last:
+                break
+            schedule.next_fire_time = schedule.trigger.next()
+        await super().add_schedule(schedule, conflict_policy)
+
+    async def stop_claiming(self, grace: float) -> bool:
+        """Claim no more schedules; wait up to ``grace`` s for the batch in hand to be released.
+
+        4.0.0a6's ``stop()`` cancels the schedule loop wherever it is: between enqueueing a
+        fire's job and advancing the schedule, that fire is enqueued again by whoever claims
+        the schedule next (a duplicate run). Stopping only once no batch is in hand avoids it.
+        """
+        self._claiming = False
+        if self._in_hand:
+            self._released = anyio.Event()
+            with anyio.move_on_after(grace):
+                await self._released.wait()
+        return not self._in_hand
 
     async def _create_metadata(self, conn: Any) -> None:
         # 4.0.0a6: processes starting together on an empty PostgreSQL database race in

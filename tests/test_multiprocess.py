@@ -1,0 +1,116 @@
+"""Several processes sharing one PostgreSQL store: each fire runs once.
+
+Real processes on loopback, bounded in time; every process stops by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+WORKER = Path(__file__).parent / "workers" / "pg_worker.py"
+JOBS = 20
+
+
+def start_workers(store: str, start: datetime, seconds: float, count: int) -> list[Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), store, start.isoformat(), str(seconds), str(JOBS)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+
+
+def collect(workers: list[Any], timeout: float) -> list[dict[str, Any]]:
+    runs = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=timeout)
+        assert worker.returncode == 0, err[-3000:]
+        runs += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return runs
+
+
+def check_once(runs: list[dict[str, Any]], first: datetime, last: datetime) -> None:
+    """No fire ran twice, and every job ran >= 90 % of its fires in [first, last]."""
+    done = [(r["job_id"], r["scheduled_at"]) for r in runs if r["outcome"] == "success"]
+    duplicated = [fire for fire, n in Counter(done).items() if n > 1]
+    assert duplicated == []
+    expected = int((last - first).total_seconds())
+    per_job = Counter(job_id for job_id, at in done if first <= datetime.fromisoformat(at) <= last)
+    for index in range(JOBS):
+        assert per_job[f"job-{index}"] >= 0.9 * expected, (per_job, expected)
+
+
+def test_three_processes_starting_together_on_an_empty_database_run_each_fire_once(
+    pg_url: str,
+) -> None:
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
+    workers = start_workers(pg_url, start, seconds=15, count=3)
+    runs = collect(workers, timeout=60)
+    by_process = Counter(r["run_id"].split("-")[0] for r in runs)
+    assert len(by_process) == 3, "every process took part in the work"
+    check_once(runs, start, start + timedelta(seconds=11))
+
+
+def test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses(pg_url: str) -> None:
+    import signal
+
+    import anyio
+
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import pg_jobs
+    finally:
+        sys.path.remove(str(WORKER.parent))
+
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
+    old = start_workers(pg_url, start, seconds=60, count=3)
+    for worker in old:
+        assert worker.stdout.readline().strip() == "ready"
+
+    async def pause_job_0() -> None:
+        # Any process with the same declarations may manage the jobs.
+        async with pg_jobs.build(pg_url, start, JOBS) as manager:
+            await manager.pause_job("job-0")
+
+    anyio.run(pause_job_0)
+    paused_at = datetime.now(timezone.utc)
+    import time
+
+    time.sleep(max(0.0, (start - datetime.now(timezone.utc)).total_seconds()) + 4)
+    new = start_workers(pg_url, start, seconds=8, count=3)
+    for worker in new:
+        assert worker.stdout.readline().strip() == "ready"
+    for worker in old:
+        worker.send_signal(signal.SIGTERM)
+    runs = collect(old, timeout=60) + collect(new, timeout=60)
+    job_0 = [r for r in runs if r["job_id"] == "job-0" and r["outcome"] == "success"]
+    assert all(datetime.fromisoformat(r["scheduled_at"]) < paused_at for r in job_0)
+    rest = [r for r in runs if r["job_id"] != "job-0"]
+    done = [(r["job_id"], r["scheduled_at"]) for r in rest if r["outcome"] == "success"]
+    dups = {fire for fire, n in Counter(done).items() if n > 1}
+    assert not dups, (
+        start,
+        paused_at,
+        [
+            (r["job_id"], r["scheduled_at"], r["run_id"], r["started_at"])
+            for r in rest
+            if (r["job_id"], r["scheduled_at"]) in dups
+        ],
+    )
+    first, last = start + timedelta(seconds=1), start + timedelta(seconds=10)
+    per_job = Counter(job_id for job_id, at in done if first <= datetime.fromisoformat(at) <= last)
+    expected = int((last - first).total_seconds()) + 1
+    for index in range(1, JOBS):
+        assert per_job[f"job-{index}"] >= 0.9 * expected, (per_job, expected)
