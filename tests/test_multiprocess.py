@@ -14,15 +14,21 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 WORKER = Path(__file__).parent / "workers" / "pg_worker.py"
 JOBS = 20
+LEASE = 10  # seconds: the lease the scheduler uses on SQL stores
 
 
-def start_workers(store: str, start: datetime, seconds: float, count: int) -> list[Any]:
+def start_workers(
+    store: str, start: datetime, seconds: float, count: int, *extra: str
+) -> list[Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = [store, start.isoformat(), str(seconds), str(JOBS), *extra]
     return [
         subprocess.Popen(
-            [sys.executable, str(WORKER), store, start.isoformat(), str(seconds), str(JOBS)],
+            [sys.executable, str(WORKER), *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -114,3 +120,37 @@ def test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses(pg_url: st
     expected = int((last - first).total_seconds()) + 1
     for index in range(1, JOBS):
         assert per_job[f"job-{index}"] >= 0.9 * expected, (per_job, expected)
+
+
+def test_kill_9_of_a_process_running_a_job(pg_url: str, tmp_path: Path) -> None:
+    """The others keep every schedule firing; the lost run is recorded and retried."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "slow.pid"
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
+    workers = start_workers(pg_url, start, 24, 3, str(pid_file))
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not pid_file.exists():
+        for worker in workers:
+            worker.kill()
+        pytest.fail(f"the slow job never started: {[w.communicate()[1][-2000:] for w in workers]}")
+    victim_pid = int(pid_file.read_text())
+    os.kill(victim_pid, signal.SIGKILL)
+    killed_at = datetime.now(timezone.utc)
+    victim = next(w for w in workers if w.pid == victim_pid)
+    victim.wait(timeout=10)
+    survivors = [w for w in workers if w is not victim]
+    runs = collect(survivors, timeout=90)
+    slow = [r for r in runs if r["job_id"] == "slow"]
+    abandoned = [r for r in slow if r["outcome"] == "abandoned"]
+    assert len(abandoned) == 1, slow  # recorded once, by one survivor
+    found = datetime.fromisoformat(abandoned[0]["finished_at"])
+    assert found - killed_at < timedelta(seconds=LEASE + 10)
+    retried = [r for r in slow if r["started_at"] and r["run_id"] != abandoned[0]["run_id"]]
+    assert retried, "the lost run was retried (retries=1)"
+    # Every schedule kept firing once the dead process's claims ran out.
+    recovered = killed_at + timedelta(seconds=LEASE + 2)
+    check_once([r for r in runs if r["job_id"] != "slow"], recovered, start + timedelta(seconds=21))

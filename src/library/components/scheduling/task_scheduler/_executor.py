@@ -37,7 +37,6 @@ from ._models import Outcome, RunCounts, RunInfo
 
 logger = logging.getLogger("library.components.scheduling.task_scheduler")
 
-RUN_REQUEST_KEY = "task_scheduler_run_request"
 RETRY_DELAY_CAP = 300.0
 """Seconds: exponential retry backoff never waits longer than this."""
 
@@ -136,7 +135,7 @@ class TaskExecutor(JobExecutor):
         self._seq = count(1)
         self._thread_limit = thread_limit
         self._limiter: CapacityLimiter | None = None
-        self._requests: dict[int, RunRequest] = {}
+        self._run_now_scopes: set[anyio.CancelScope] = set()
         self._in_progress = 0
         self._draining = False
         self._drain_event: anyio.Event | None = None
@@ -201,40 +200,48 @@ class TaskExecutor(JobExecutor):
     def running_jobs(self) -> list[str]:
         return [job_id for job_id, runtime in self.jobs.items() if runtime.running]
 
-    def cancel_pending_requests(self) -> None:
-        """Run-now requests the engine never picked up end as ``cancelled``."""
-        for request in self._requests.values():
-            record = request.record
-            self._end(request.runtime, record, Outcome.cancelled, None, "scheduler stopped")
-            self._release(request.runtime)
-            request.final = record
-            request.done.set()
-        self._requests.clear()
+    def cancel_run_nows(self) -> None:
+        """Cancel the run-nows still in progress (the engine's stop() cancels the rest)."""
+        for scope in self._run_now_scopes:
+            scope.cancel()
+
+    def record_abandoned(self, runtime: JobRuntime, job: Job) -> None:
+        """A fire whose process died while running it (found by another process)."""
+        scheduled = job.scheduled_fire_time or job.created_at
+        record = RunRecord(next(self._seq), runtime.spec.id, 1, scheduled)
+        record.finished_at = _now()
+        message = f"the process running it ({job.acquired_by}) stopped before it finished"
+        self._finish(runtime, record, Outcome.abandoned, None, message)
 
     # -- run now -----------------------------------------------------------------------
 
-    def request_run(self, job_id: str) -> tuple[RunRequest | None, RunRecord, int]:
-        """Reserve a run-now of ``job_id``; a request at the limit is recorded ``skipped``."""
+    def request_run(self, job_id: str) -> tuple[RunRequest | None, RunRecord]:
+        """Reserve a run-now of ``job_id``; a request at the limit is recorded ``skipped``.
+
+        A run-now runs in this process (:meth:`run_now`), never through the engine's shared
+        queue: with several processes, another one would pick it up, and its caller could
+        neither wait for it nor see how it ended.
+        """
         if self._draining:
             raise SchedulerStateError("the scheduler is shutting down: no new runs")
         runtime = self.jobs[job_id]
-        seq = next(self._seq)
-        record = RunRecord(seq, job_id, 1, _now())
+        record = RunRecord(next(self._seq), job_id, 1, _now())
         if runtime.running >= runtime.spec.options.max_instances:
             record.finished_at = record.scheduled_at
             self._finish(runtime, record, Outcome.skipped, None, None)
-            return None, record, seq
+            return None, record
         self._hold(runtime, record)
-        request = RunRequest(runtime, record, anyio.Event())
-        self._requests[seq] = request
-        return request, record, seq
+        return RunRequest(runtime, record, anyio.Event()), record
 
-    def cancel_request(self, seq: int) -> None:
-        """Give back the slot of a run-now whose job could not be queued."""
-        request = self._requests.pop(seq, None)
-        if request is not None:
-            request.runtime.active.remove(request.record)
-            self._release(request.runtime)
+    async def run_now(self, request: RunRequest) -> None:
+        """Run a reserved run-now, in a task of the scheduler's own task group."""
+        with anyio.CancelScope() as scope:
+            self._run_now_scopes.add(scope)
+            try:
+                request.final = await self._run_fire(request.runtime, request.record)
+            finally:
+                self._run_now_scopes.discard(scope)
+                request.done.set()
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -242,18 +249,9 @@ class TaskExecutor(JobExecutor):
         runtime = self.jobs.get(job.task_id)
         if runtime is None:
             return  # removed after this fire was queued
-        request: RunRequest | None = None
-        if job.metadata:
-            request = self._requests.pop(job.metadata.get(RUN_REQUEST_KEY), None)  # type: ignore[arg-type]
-        if request is not None:
-            try:
-                request.final = await self._run_fire(runtime, request.record)
-            finally:
-                request.done.set()
-            return
         fire_time: datetime | None = job.scheduled_fire_time
         if fire_time is None:
-            return  # a run-now left over from an earlier start: its request is gone
+            return  # not ours: we never queue unscheduled jobs
         record = RunRecord(next(self._seq), runtime.spec.id, 1, fire_time)
         options = runtime.spec.options
         grace = options.misfire_grace_time

@@ -3,20 +3,37 @@ at this boundary, each in one method below with a regression test."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio
 import attrs
-from apscheduler import ConflictPolicy, Schedule, ScheduleResult, ScheduleUpdated
+from apscheduler import (
+    ConflictPolicy,
+    Job,
+    JobOutcome,
+    JobReleased,
+    JobResult,
+    Schedule,
+    ScheduleResult,
+    ScheduleUpdated,
+)
 from apscheduler.datastores.sqlalchemy import SQLAlchemyDataStore
-from sqlalchemy import select, text
+from sqlalchemy import false, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
+from ._stores import LEASE_DURATION
+
 SCHEMA_LOCK_KEY = 0x7A5C_4E11
 """pg_advisory_xact_lock key held while a process creates the tables."""
+SWEEP_INTERVAL = 1.0
+"""Seconds between two sweeps for abandoned jobs (each is one query)."""
+SWEEP_MARGIN = 2.0
+"""Seconds before its lease ends that an unrenewed job counts as abandoned; leases are
+renewed every half lease (LEASE_DURATION / 2 = 5 s), so live jobs never come this close."""
+assert SWEEP_MARGIN < LEASE_DURATION / 2
 REPLACE_WAIT = 10.0
 """Seconds a replace waits for another process to release its claim on the schedule."""
 
@@ -29,6 +46,89 @@ class SQLStore(SQLAlchemyDataStore):
     _in_hand: int = attrs.field(init=False, default=0)
     """Schedule batches acquired and not yet released."""
     _released: anyio.Event | None = attrs.field(init=False, default=None)
+    _next_sweep: float = attrs.field(init=False, default=0.0)
+    on_abandoned: Callable[[Job], Awaitable[None]] | None = attrs.field(init=False, default=None)
+    """Called with each job this process found abandoned by a dead process."""
+
+    async def acquire_jobs(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int | None = None
+    ) -> list[Job]:
+        await self._sweep_abandoned_jobs()
+        jobs: list[Job] = await super().acquire_jobs(scheduler_id, lease_duration, limit)
+        return jobs
+
+    async def _sweep_abandoned_jobs(self) -> None:
+        """Release the jobs of dead processes as ``abandoned``, once each, before anyone
+        re-acquires them.
+
+        4.0.0a6 lets another process re-acquire a job whose lease expired and run it again
+        (a duplicate), and never gives back the dead holder's running slot (upstream
+        #1110). Live holders renew their leases every half lease, so a job whose lease ends
+        within SWEEP_MARGIN was not renewed: its holder is gone. The sweep deletes it with a
+        condition on its holder, so exactly one process records it, and gives the slot back.
+        """
+        if anyio.current_time() < self._next_sweep:
+            return
+        self._next_sweep = anyio.current_time() + SWEEP_INTERVAL
+        jobs_table, tasks_table = self._t_jobs, self._t_tasks
+        horizon = datetime.now(timezone.utc) + timedelta(seconds=SWEEP_MARGIN)
+        async with self._begin_transaction() as conn:
+            expired = await self._execute(
+                conn,
+                jobs_table.select().where(
+                    jobs_table.c.acquired_by.is_not(None),
+                    jobs_table.c.acquired_until < horizon,
+                ),
+            )
+            jobs: list[Job] = await self._deserialize_jobs(expired)
+        for job in jobs:
+            async with self._begin_transaction() as conn:
+                deleted = await self._execute(
+                    conn,
+                    jobs_table.delete()
+                    .where(
+                        jobs_table.c.id == job.id,
+                        jobs_table.c.acquired_by == job.acquired_by,
+                    )
+                    .returning(jobs_table.c.id),
+                )
+                if deleted.first() is None:
+                    continue  # its holder released it after all, or a peer swept it
+                await self._execute(
+                    conn,
+                    tasks_table.update()
+                    .values(running_jobs=tasks_table.c.running_jobs - 1)
+                    .where(tasks_table.c.id == job.task_id, tasks_table.c.running_jobs > 0),
+                )
+            result = JobResult.from_job(
+                job, JobOutcome.abandoned, finished_at=datetime.now(timezone.utc)
+            )
+            holder = str(job.acquired_by)
+            event = JobReleased.from_result(
+                result, holder, job.task_id, job.schedule_id, job.scheduled_fire_time
+            )
+            await self._event_broker.publish(event)
+            if self.on_abandoned is not None:
+                await self.on_abandoned(job)
+
+    async def get_next_schedule_run_time(self) -> datetime | None:
+        wake: datetime | None = await super().get_next_schedule_run_time()
+        if self._engine.dialect.name != "postgresql":
+            return wake  # SQLite: one process, nobody else claims anything
+        # 4.0.0a6 only looks at unclaimed schedules: those a dead process claimed stay
+        # invisible, and with sparse schedules survivors may sleep past their lease for
+        # good. Also wake when the earliest claim on a due schedule runs out.
+        table = self._t_schedules
+        query = select(func.min(table.c.acquired_until)).where(
+            table.c.acquired_by.is_not(None),
+            table.c.next_fire_time.is_not(None),
+            table.c.paused == false(),
+        )
+        async with self._begin_transaction() as conn:
+            claim_ends = (await self._execute(conn, query)).scalar()
+        if claim_ends is not None and (wake is None or claim_ends < wake):
+            return claim_ends  # type: ignore[no-any-return]
+        return wake
 
     async def acquire_schedules(
         self, scheduler_id: str, lease_duration: timedelta, limit: int

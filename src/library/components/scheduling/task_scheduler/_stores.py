@@ -46,6 +46,13 @@ MODULES_FOR = {
 }
 
 
+LEASE_DURATION = 10.0
+"""Seconds a process holds a claim on a schedule or job without renewing it, on SQL stores.
+Recovery after a process dies takes about this long (APScheduler's default: 30 s)."""
+CLEANUP_INTERVAL = 5.0
+"""Seconds between the engine's clean-ups on SQL stores (APScheduler's default: 15 min)."""
+
+
 class StoreUnavailableError(TaskSchedulerError, ConnectionError):
     """The store or event broker server did not answer at start."""
 
