@@ -6,6 +6,7 @@ Runs the scheduler until SECONDS have passed (or SIGTERM), then prints its runs 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sys
@@ -35,4 +36,5 @@ if __name__ == "__main__":
     job_count = int(sys.argv[4]) if len(sys.argv) > 4 else 20
     pid_path = sys.argv[5] if len(sys.argv) > 5 else None
     start_at = datetime.fromisoformat(start_iso)
-    anyio.run(main, store_url, start_at, float(seconds_text), job_count, pid_path)
+    # Plain asyncio, as under uvicorn (anyio.run would hide a defect of the asyncpg broker).
+    asyncio.run(main(store_url, start_at, float(seconds_text), job_count, pid_path))

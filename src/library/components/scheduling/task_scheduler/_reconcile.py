@@ -60,11 +60,15 @@ def stored_definition(schedule: Schedule) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def check_storable(spec: JobSpec, serializer: Serializer) -> None:
-    """Raise a ValueError naming the job if a persistent store could not hold or rerun it."""
+def check_storable(spec: JobSpec, serializer: Serializer, *, resolve: bool = False) -> None:
+    """Raise a ValueError naming the job if a persistent store could not hold or rerun it.
+
+    ``resolve``: also import the callable back by name. Not at declaration: a decorator
+    runs before its module has bound the function's name.
+    """
     try:
         ref = callable_to_ref(spec.func)
-        found = callable_from_ref(ref)
+        found = callable_from_ref(ref) if resolve else spec.func
     except (SerializationError, DeserializationError, LookupError, ValueError) as exc:
         raise ValueError(
             f"job {spec.id!r} cannot be stored: its callable {spec.func_ref!r} must be "

@@ -691,6 +691,8 @@ class TaskScheduler:
             for spec in list(self._specs.values()):
                 await self._install(engine, spec, now, allow_past=False)
             return
+        for spec in self._specs.values():
+            check_storable(spec, self._serializer, resolve=True)
         todo = plan(self._specs, list(await engine.get_schedules()))
         for spec in todo.create:
             # do_nothing: several processes starting at once each try to create it.

@@ -214,7 +214,15 @@ async def open_backend(
     if broker_url:
         event_broker = await _redis_broker(broker_url, connect_timeout)
     elif store.kind == "postgresql":
+        import sniffio
         from apscheduler.eventbrokers.asyncpg import AsyncpgEventBroker
+
+        # 4.0.0a6's asyncpg broker spawns a task from asyncpg's notification callback,
+        # which runs outside any task: with sniffio installed (the SQL store needs it)
+        # anyio then cannot tell the event loop, and under plain asyncio (uvicorn) every
+        # notification is dropped - and peers never wake. The callbacks run in the context
+        # of the task that connects, which copies ours: name the library there.
+        sniffio.current_async_library_cvar.set("asyncio")
 
         # One NOTIFY channel per schema: schedulers of other schemas never wake ours.
         channel = "task_scheduler" if store.schema is None else f"task_scheduler_{store.schema}"
