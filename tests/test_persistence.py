@@ -216,3 +216,15 @@ async def test_several_schedulers_starting_together_reconcile_once(pg_url: str) 
     fire_times = [run.scheduled_at for run in runs if run.outcome is Outcome.success]
     assert len(fire_times) == len(set(fire_times))
     assert 3 <= len(fire_times) <= 7
+
+
+async def test_postgres_store_with_a_redis_event_broker(pg_url: str, redis_url: str) -> None:
+    first = TaskScheduler(SchedulerConfig(store=pg_url, event_broker=redis_url))
+    second = TaskScheduler(SchedulerConfig(store=pg_url, event_broker=redis_url))
+    first.interval(seconds=0.2, id="tick")(tick)
+    second.interval(seconds=0.2, id="tick")(tick)
+    async with first, second:
+        await anyio.sleep(1.1)
+    runs = [r for s in (first, second) for r in await s.get_runs("tick")]
+    fires = [r.scheduled_at for r in runs if r.outcome is Outcome.success]
+    assert len(fires) == len(set(fires)) >= 3
