@@ -32,7 +32,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
-    session.install("-e", ".[trio]", "mypy==2.4.1")
+    session.install("-e", ".[trio,sqlite,postgres,redis]", "mypy==2.4.1")
     session.run("mypy", "--strict", "-p", "library.components.scheduling.task_scheduler")
 
 
