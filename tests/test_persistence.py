@@ -228,3 +228,17 @@ async def test_postgres_store_with_a_redis_event_broker(pg_url: str, redis_url: 
     runs = [r for s in (first, second) for r in await s.get_runs("tick")]
     fires = [r.scheduled_at for r in runs if r.outcome is Outcome.success]
     assert len(fires) == len(set(fires)) >= 3
+
+
+async def test_a_job_added_by_another_process_runs_here_too(pg_url: str) -> None:
+    adder = TaskScheduler(SchedulerConfig(store=pg_url))
+    other_process = TaskScheduler(SchedulerConfig(store=pg_url))
+    async with adder, other_process:
+        await adder.add_interval_job(greet, "greet", seconds=0.1, args=["eve"])
+        await anyio.sleep(1.2)
+        here = await other_process.get_runs("greet")
+        there = await adder.get_runs("greet")
+    assert here, "the other process runs its share of the fires"
+    fires = [r.scheduled_at for r in here + there if r.outcome is Outcome.success]
+    assert len(fires) == len(set(fires)) >= 8
+    assert CALLS.count("hello eve!") == len(fires)

@@ -129,6 +129,8 @@ class TaskExecutor(JobExecutor):
         self.tz = tz
         self.history_size = history_size
         self.jobs: dict[str, JobRuntime] = {}
+        self.adopt: Callable[[Job], JobRuntime | None] | None = None
+        """Called for a job of an unknown task: one another process added at run time."""
         self.finished_sink: Callable[[RunRecord], None] | None = None
         """Called with every finished attempt (the scheduler feeds its hooks from it)."""
         self.prefix = secrets.token_hex(4)
@@ -248,7 +250,9 @@ class TaskExecutor(JobExecutor):
     async def run_job(self, func: Callable[..., Any], job: Job) -> None:
         runtime = self.jobs.get(job.task_id)
         if runtime is None:
-            return  # removed after this fire was queued
+            runtime = self.adopt(job) if self.adopt is not None else None
+            if runtime is None:
+                return  # removed after this fire was queued
         fire_time: datetime | None = job.scheduled_fire_time
         if fire_time is None:
             return  # not ours: we never queue unscheduled jobs

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from apscheduler import DeserializationError, Schedule, SerializationError
+from apscheduler import DeserializationError, Job, Schedule, SerializationError
 from apscheduler._marshalling import callable_from_ref, callable_to_ref
 from apscheduler.abc import Serializer
 
@@ -49,7 +49,8 @@ def as_metadata(spec: JobSpec) -> dict[str, str]:
     return {META_KEY: json.dumps(definition(spec), sort_keys=True)}
 
 
-def stored_definition(schedule: Schedule) -> dict[str, Any] | None:
+def stored_definition(schedule: Schedule | Job) -> dict[str, Any] | None:
+    """The job definition a schedule (or a job, which copies its metadata) carries."""
     raw = schedule.metadata.get(META_KEY) if schedule.metadata else None
     if not isinstance(raw, str):
         return None

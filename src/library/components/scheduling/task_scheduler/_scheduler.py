@@ -34,10 +34,16 @@ from apscheduler.abc import Trigger
 from ._config import SchedulerConfig
 from ._engine import EXECUTOR_NAME, make_engine
 from ._errors import DuplicateJobError, JobNotFoundError, SchedulerStateError, engine_errors
-from ._executor import RunRecord, TaskExecutor, logger
+from ._executor import JobRuntime, RunRecord, TaskExecutor, logger
 from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
 from ._models import JobInfo, RunInfo, SchedulerState, SchedulerStatus
-from ._reconcile import as_metadata, check_storable, plan, spec_from_definition
+from ._reconcile import (
+    as_metadata,
+    check_storable,
+    plan,
+    spec_from_definition,
+    stored_definition,
+)
 from ._siblings import warn_about_siblings
 from ._stores import (
     CLEANUP_INTERVAL,
@@ -631,6 +637,7 @@ class TaskScheduler:
                 self._engine.cleanup_interval = timedelta(seconds=CLEANUP_INTERVAL)
                 if hasattr(data_store, "on_abandoned"):
                     data_store.on_abandoned = self._on_abandoned
+                self._executor.adopt = self._adopt_job
             await task_group.start(self._supervise, name="task_scheduler engine supervisor")
         except BaseException:
             self._state = "stopped"
@@ -653,6 +660,19 @@ class TaskScheduler:
         self._started_at = _utcnow()
         self._state = "running"
         logger.info("task scheduler started with %d job(s)", len(self._specs))
+
+    def _adopt_job(self, job: Job) -> JobRuntime | None:
+        """Take over a job another process added at run time, from its fire's metadata."""
+        data = stored_definition(job)
+        if data is None or job.task_id in self._specs:
+            return None
+        try:
+            spec = spec_from_definition(job.task_id, data, self._tz, paused=False)
+        except Exception as exc:
+            logger.error("job %r from the store cannot be loaded here: %s", job.task_id, exc)
+            return None
+        self._specs[spec.id] = spec
+        return self._executor.register(spec)
 
     async def _on_abandoned(self, job: Job) -> None:
         """Record a run a dead process left unfinished, and retry it if the job has retries."""
