@@ -43,6 +43,8 @@ class Column:
     title: str
     worker: Path
     params: dict[str, Any]
+    pythonpath: str | None = None
+    """Our package from this src/ directory instead (``--variant``: compare code versions)."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,9 @@ def run_worker(
 ) -> dict[str, Any]:
     """Run one measurement in a fresh subprocess; its result, or ``{"error": ...}``."""
     args = [python, str(column.worker), json.dumps({**column.params, **params})]
+    env = child_env(aps3=column.key == "aps3")
+    if column.pythonpath is not None:
+        env["PYTHONPATH"] = column.pythonpath
     try:
         done = subprocess.run(
             args,
@@ -220,7 +225,7 @@ def run_worker(
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=child_env(aps3=column.key == "aps3"),
+            env=env,
             check=False,
         )
     except subprocess.TimeoutExpired:
@@ -247,16 +252,37 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def run_suite(plan: Plan, aps3_python: str, repeat: int, only: str | None) -> dict[str, Any]:
+def all_columns(variants: list[str]) -> list[Column]:
+    """The standard columns, then per ``NAME=SRC`` variant one asyncio and one trio column
+    running our package from that src/ directory (e.g. a snapshot of an earlier step)."""
     columns = [
         Column("ours-asyncio", "ours asyncio", APS4_WORKER, {"target": "ours"}),
         Column("ours-trio", "ours trio", APS4_WORKER, {"target": "ours", "backend": "trio"}),
         Column("aps4", "raw APS4 a6", APS4_WORKER, {"target": "aps4"}),
         Column("aps3", "APS3 3.11", APS3_WORKER, {}),
     ]
+    for variant in variants:
+        name, sep, src = variant.partition("=")
+        if not sep or not name or not Path(src).is_dir():
+            sys.exit(f"--variant wants NAME=SRC_DIR, got {variant!r}")
+        src = str(Path(src).resolve())
+        for backend in ("asyncio", "trio"):
+            params = {"target": "ours", "backend": backend}
+            key, title = f"{name}-{backend}", f"{name} {backend}"
+            columns.append(Column(key, title, APS4_WORKER, params, src))
+    return columns
+
+
+def run_suite(
+    plan: Plan,
+    aps3_python: str,
+    repeat: int,
+    only: str | None,
+    columns: list[Column],
+) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     for key, params, timeout in plan.cells():
-        if only and only not in key:
+        if only and not any(part in key for part in only.split(",")):
             continue
         runs: dict[str, list[dict[str, Any]]] = {column.key: [] for column in columns}
         for _ in range(repeat):  # columns interleaved, so drift hits them all alike
@@ -269,7 +295,12 @@ def run_suite(plan: Plan, aps3_python: str, repeat: int, only: str | None) -> di
                 )
                 runs[column.key].append(result)
         results[key] = {name: median_of(found) for name, found in runs.items()}
-    return {"columns": [column.key for column in columns], "results": results}
+    return {
+        "columns": [column.key for column in columns],
+        "titles": {column.key: column.title for column in columns},
+        "pythonpaths": {column.key: column.pythonpath for column in columns if column.pythonpath},
+        "results": results,
+    }
 
 
 def summary(key: str, result: dict[str, Any]) -> str:
@@ -323,7 +354,7 @@ def _overloaded(result: dict[str, Any]) -> str:
 
 
 def _partial(result: dict[str, Any]) -> str:
-    return "" if result["complete"] else f" † ({result['added']:,})"
+    return "" if result["complete"] else f" † ({int(result['added']):,})"
 
 
 def rows(plan: Plan) -> list[Row]:
@@ -394,8 +425,10 @@ def ratio(results: dict[str, Any], row: Row) -> str:
 
 
 def markdown(plan: Plan, suite: dict[str, Any]) -> str:
-    head = "| metric | better | ours asyncio | ours trio | raw APS4 a6 | APS3 3.11 | ours:APS3 |"
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
+    titles = suite.get("titles", {})
+    names = " | ".join(titles.get(column, column) for column in suite["columns"])
+    head = f"| metric | better | {names} | ours:APS3 |"
+    lines = [head, "|---|---|" + "---:|" * (len(suite["columns"]) + 1)]
     for row in rows(plan):
         results = suite["results"].get(row.key)
         if results is None:
@@ -458,14 +491,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aps3-python", help="python of a venv with APScheduler 3.11")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median kept)")
-    parser.add_argument("--only", help="run only the cells whose key contains this")
+    parser.add_argument(
+        "--only", help="run only the cells whose key contains this (comma-separated: any)"
+    )
+    parser.add_argument(
+        "--columns", help="comma-separated column keys to run (default: all): ours-asyncio,aps3"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also run our package from another src/ directory (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
     aps3_python = ensure_aps3_python(args.aps3_python)
     machine, git = machine_info(), git_info()
     begin = time.perf_counter()
-    suite = run_suite(plan, aps3_python, max(1, args.repeat), args.only)
+    columns = all_columns(args.variant)
+    if args.columns:
+        wanted = args.columns.split(",")
+        unknown = sorted(set(wanted) - {column.key for column in columns})
+        if unknown:
+            sys.exit(f"unknown column(s) {', '.join(unknown)}")
+        columns = [column for column in columns if column.key in wanted]
+    suite = run_suite(plan, aps3_python, max(1, args.repeat), args.only, columns)
     envs = environments(suite)
     table = markdown(plan, suite)
     report = {

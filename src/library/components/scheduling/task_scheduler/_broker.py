@@ -139,18 +139,22 @@ class LeanEventBroker(EventBroker):
             self._deliver(subscription, event)
 
     def _deliver(self, subscription: LeanSubscription, event: Event) -> None:
+        if not subscription.is_async:
+            self._spawn(self._in_thread, subscription.callback, event)
+            return
         try:
-            if not subscription.is_async:
-                self._spawn(self._in_thread, subscription.callback, event)
-                return
             result = subscription.callback(event)
-            if iscoroutine(result):
-                self._spawn(self._await, result, event)
         except Exception:
             self._log_failure(event)
+            return
+        if iscoroutine(result):
+            self._spawn(self._await, result, event)
 
     def _spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         if self._task_group is None:
+            for arg in args:
+                if iscoroutine(arg):
+                    arg.close()
             raise RuntimeError("the event broker has not been started")
         self._task_group.start_soon(func, *args)
 
@@ -168,4 +172,4 @@ class LeanEventBroker(EventBroker):
 
     def _log_failure(self, event: Event) -> None:
         if self._logger is not None:
-            self._logger.exception("Error delivering %s event", type(event).__name__)
+            self._logger.exception("a subscriber to %s events failed", type(event).__name__)

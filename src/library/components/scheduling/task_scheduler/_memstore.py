@@ -5,11 +5,13 @@ interface, not derived from its code). The stock store keeps every schedule in o
 list and every job in one dict, and scans them: ``get_schedules({id})`` reads every schedule
 (so adding jobs at run time was O(n)), ``acquire_jobs`` reads every queued job. Here:
 
-- schedules: a dict by id, and a heap of ``(next_fire_time, id, schedule)`` entries for those
-  that can fire. A paused or finished schedule is never in the heap, so the schedule loop
-  cannot spin on a paused one (trap 9), and nothing else indexes schedules, so a removed
-  schedule leaves nothing behind (trap 10). Entries made stale by a replace, pause or removal
-  are skipped when they surface and compacted when they pile up;
+- schedules: a dict by id, and per fire time a slot (a list) of the schedules due then, with a
+  heap of those fire times. Schedules that fire together (the common case) share one slot:
+  per idle schedule, one list reference. A paused or finished schedule is in no slot, so the
+  schedule loop cannot spin on a paused one (trap 9), and nothing else indexes schedules, so
+  a removed schedule leaves nothing behind (trap 10). References made stale by a replace,
+  pause or removal are skipped when met and dropped by a rebuild once they outnumber the
+  schedules (amortized O(1));
 - jobs: a dict by id, a FIFO of queued jobs, and per task a FIFO of jobs waiting for a
   ``max_running_jobs`` slot, moved back to the front of the queue when a slot frees;
 - events are built only when the event broker has a subscriber for them (our
@@ -26,11 +28,12 @@ that have no job left.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
 from logging import Logger
 from uuid import UUID
 
@@ -58,6 +61,7 @@ from apscheduler import (
 )
 from apscheduler.abc import EventBroker
 from apscheduler.datastores.base import BaseDataStore
+from apscheduler.triggers.interval import IntervalTrigger
 
 from ._pin import require_engine_version
 
@@ -69,7 +73,6 @@ _set = object.__setattr__
 """Sets an attrs field without its converter: only for values that are already what the
 converter would return (aware datetimes or None), on this hot path."""
 
-Entry = tuple[datetime, str, Schedule]
 ScheduleWaker = Callable[[datetime | None], None]
 JobWaker = Callable[[], None]
 
@@ -86,23 +89,50 @@ def _always(event_type: type[Event]) -> bool:
     return True
 
 
+class _SharedEmptyDict(dict):  # type: ignore[type-arg]
+    """The one empty ``kwargs``/``metadata`` dict of every stored schedule and task that has
+    none: 64 B less per object. APScheduler only ever copies these dicts (jobs get copies,
+    pause/replace builds a new schedule); mutating a stored one in place raises, where it
+    would otherwise have changed the stored schedule behind the store's back."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("stored schedules and tasks share this empty dict: build a new one instead")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
+
+
+SHARED_EMPTY: dict[str, object] = _SharedEmptyDict()
+
+
 @attrs.define(eq=False, repr=False)
 class MemoryStore(BaseDataStore):
     """Tasks, schedules and jobs in memory, for one process; every operation is indexed."""
 
     _tasks: dict[str, Task] = attrs.field(init=False, factory=dict)
-    _entries: dict[str, Entry] = attrs.field(init=False, factory=dict)
-    """Every schedule by id, as its current heap entry (in the heap only if it can fire)."""
-    _heap: list[Entry] = attrs.field(init=False, factory=list)
+    _schedules: dict[str, Schedule] = attrs.field(init=False, factory=dict)
+    """Every schedule, by id."""
+    _slots: dict[datetime, list[Schedule]] = attrs.field(init=False, factory=dict)
+    """Per fire time, the schedules due then, in the order they got it. A schedule can
+    only be in its current next_fire_time's slot; replaced, removed, paused, acquired or
+    rescheduled ones are skipped when met (stale) and dropped by a rebuild now and then."""
+    _fire_times: list[datetime] = attrs.field(init=False, factory=list)
+    """Heap of the slots' fire times, each once."""
+    _stale: int = attrs.field(init=False, default=0)
+    _shared_values: dict[object, object] = attrs.field(init=False, factory=dict)
+    """One object per distinct interval (timedelta or float) of the stored triggers."""
     _acquired: dict[str, Schedule] = attrs.field(init=False, factory=dict)
     """Schedules a scheduler has acquired and not released yet (out of the heap meanwhile)."""
-    _jobs: dict[UUID, Job] = attrs.field(init=False, factory=dict)
+    _jobs: dict[int, Job] = attrs.field(init=False, factory=dict)
+    """Every job, by ``job.id.int`` (an int hashes in C; a UUID through two Python calls)."""
     _queue: deque[Job] = attrs.field(init=False, factory=deque)
     """Jobs ready to be acquired, oldest first."""
     _waiting: dict[str, deque[Job]] = attrs.field(init=False, factory=dict)
     """Per task, queued jobs that found the task at its max_running_jobs."""
-    _held: dict[UUID, Job] = attrs.field(init=False, factory=dict)
-    """Acquired jobs."""
+    _held: dict[int, Job] = attrs.field(init=False, factory=dict)
+    """Acquired jobs, by ``job.id.int``."""
     _next_lease_check: datetime | None = attrs.field(init=False, default=None)
     """No held job's lease expires before this (a lower bound; None: no job is held)."""
     _job_results: dict[UUID, JobResult] = attrs.field(init=False, factory=dict)
@@ -145,7 +175,37 @@ class MemoryStore(BaseDataStore):
 
     # ------------------------------------------------------------------------ tasks
 
+    def _compact_task(self, task: Task) -> None:
+        """Share what equal tasks can share (see :meth:`_compact_schedule`)."""
+        if type(task.metadata) is dict and not task.metadata:
+            _set(task, "metadata", SHARED_EMPTY)
+        if task.func is not None:
+            _set(task, "func", sys.intern(task.func))  # "module:qualname", often the same
+
+    def _compact_schedule(self, schedule: Schedule) -> None:
+        """Share the immutable or empty values idle schedules repeat (same values, one
+        object): about 170 B per schedule. Only values nobody mutates are shared."""
+        if type(schedule.kwargs) is dict and not schedule.kwargs:
+            _set(schedule, "kwargs", SHARED_EMPTY)
+        if type(schedule.metadata) is dict and not schedule.metadata:
+            _set(schedule, "metadata", SHARED_EMPTY)
+        if schedule.job_result_expiration_time == _zero:
+            _set(schedule, "job_result_expiration_time", _zero)
+        trigger = schedule.trigger
+        if type(trigger) is IntervalTrigger:
+            # Its timedelta and float fields: one object per distinct value.
+            for name in ("_interval", "weeks", "days", "hours", "minutes", "seconds"):
+                value = getattr(trigger, name)
+                if type(value) is int:
+                    continue  # small ints are shared already
+                shared = self._shared_values.get(value)
+                if shared is None and len(self._shared_values) < 4096:
+                    self._shared_values[value] = shared = value
+                if shared is not None and shared is not value:
+                    _set(trigger, name, shared)
+
     async def add_task(self, task: Task) -> None:
+        self._compact_task(task)
         old = self._tasks.get(task.id)
         self._tasks[task.id] = task
         if old is not None:
@@ -178,35 +238,55 @@ class MemoryStore(BaseDataStore):
     # ------------------------------------------------------------------------ schedules
 
     async def get_schedules(self, ids: set[str] | None = None) -> list[Schedule]:
-        entries = self._entries
+        schedules = self._schedules
         if ids is None:
-            return [entry[2] for entry in entries.values()]
-        return [entries[schedule_id][2] for schedule_id in ids if schedule_id in entries]
+            return list(schedules.values())
+        return [schedules[schedule_id] for schedule_id in ids if schedule_id in schedules]
 
     def _enter(self, schedule: Schedule) -> None:
-        """Make ``schedule`` the current one for its id; in the heap if it can fire."""
-        next_fire_time = schedule.next_fire_time
-        entry = (next_fire_time, schedule.id, schedule)
-        self._entries[schedule.id] = entry  # type: ignore[assignment]
-        if next_fire_time is not None and not schedule.paused:
-            heappush(self._heap, entry)  # type: ignore[arg-type]
-            # Replaced, paused and removed schedules leave stale entries: compact now and then.
-            if len(self._heap) > 2 * len(self._entries) + 64:
-                self._compact()
+        """Make ``schedule`` the current one for its id; in its fire time's slot if it can
+        fire."""
+        self._schedules[schedule.id] = schedule
+        fire_time = schedule.next_fire_time
+        if fire_time is not None and not schedule.paused:
+            slot = self._slots.get(fire_time)
+            if slot is None:
+                self._slots[fire_time] = [schedule]
+                heappush(self._fire_times, fire_time)
+            else:
+                slot.append(schedule)
 
-    def _compact(self) -> None:
-        entries = self._entries
-        self._heap = [entry for entry in self._heap if entries.get(entry[1]) is entry]
-        heapify(self._heap)
+    def _can_fire_at(self, schedule: Schedule, fire_time: datetime) -> bool:
+        """True unless ``schedule`` went stale in the slot of ``fire_time``: replaced,
+        removed, paused, acquired, or moved to another time since it was put there."""
+        return (
+            schedule.acquired_by is None
+            and schedule.next_fire_time == fire_time
+            and not schedule.paused
+            and self._schedules.get(schedule.id) is schedule
+        )
+
+    def _went_stale(self) -> None:
+        """A schedule in a slot was replaced or removed: rebuild the slots once stale
+        references outnumber the schedules (amortized O(1))."""
+        self._stale += 1
+        if self._stale > len(self._schedules) + 64:
+            self._stale = 0
+            self._slots, self._fire_times = {}, []
+            for schedule in list(self._schedules.values()):
+                if schedule.acquired_by is None:
+                    self._enter(schedule)
 
     async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
-        replaced = schedule.id in self._entries
+        replaced = schedule.id in self._schedules
         if replaced:
             if conflict_policy is ConflictPolicy.do_nothing:
                 return
             if conflict_policy is ConflictPolicy.exception:
-                raise ConflictingIdError(schedule.id)
+                raise ConflictingIdError(schedule.id)  # type: ignore[no-untyped-call]
             self._acquired.pop(schedule.id, None)
+            self._went_stale()
+        self._compact_schedule(schedule)
         self._enter(schedule)
         for wake in self._schedule_wakers:
             wake(schedule.next_fire_time)
@@ -222,18 +302,17 @@ class MemoryStore(BaseDataStore):
 
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
         for schedule_id in list(ids):
-            entry = self._entries.pop(schedule_id, None)
-            if entry is None:
+            schedule = self._schedules.pop(schedule_id, None)
+            if schedule is None:
                 continue
             self._acquired.pop(schedule_id, None)
+            self._went_stale()
             if self._wants(ScheduleRemoved):
                 await self._event_broker.publish(
                     ScheduleRemoved(
-                        schedule_id=schedule_id, task_id=entry[2].task_id, finished=finished
+                        schedule_id=schedule_id, task_id=schedule.task_id, finished=finished
                     )
                 )
-        if self._heap and len(self._heap) > 2 * len(self._entries) + 64:
-            self._compact()
 
     async def acquire_schedules(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
@@ -258,24 +337,31 @@ class MemoryStore(BaseDataStore):
                 _set(schedule, "acquired_by", scheduler_id)
                 _set(schedule, "acquired_until", until)
                 schedules.append(schedule)
-        heap, entries, acquired = self._heap, self._entries, self._acquired
-        while heap and len(schedules) < limit:
-            entry = heap[0]
-            if entry[0] > now:
+        fire_times, slots, acquired = self._fire_times, self._slots, self._acquired
+        can_fire_at = self._can_fire_at
+        while fire_times and len(schedules) < limit:
+            fire_time = fire_times[0]
+            if fire_time > now:
                 break
-            heappop(heap)
-            if entries.get(entry[1]) is not entry:
-                continue  # stale
-            schedule = entry[2]
-            _set(schedule, "acquired_by", scheduler_id)
-            _set(schedule, "acquired_until", until)
-            acquired[entry[1]] = schedule
-            schedules.append(schedule)
+            slot = slots[fire_time]
+            taken = 0
+            for schedule in slot:
+                if len(schedules) >= limit:
+                    break
+                taken += 1
+                if can_fire_at(schedule, fire_time):
+                    _set(schedule, "acquired_by", scheduler_id)
+                    _set(schedule, "acquired_until", until)
+                    acquired[schedule.id] = schedule
+                    schedules.append(schedule)
+            if taken < len(slot):
+                del slot[:taken]
+            else:
+                del slots[fire_time]
+                heappop(fire_times)
         return schedules
 
-    async def release_schedules(
-        self, scheduler_id: str, results: Sequence[ScheduleResult]
-    ) -> None:
+    async def release_schedules(self, scheduler_id: str, results: Sequence[ScheduleResult]) -> None:
         wants_event = self._wants(ScheduleUpdated)
         for result in results:
             schedule = self.reschedule(
@@ -295,10 +381,9 @@ class MemoryStore(BaseDataStore):
     ) -> Schedule | None:
         """Release one acquired schedule with its new fire times (no event; the engine's
         fast path, which publishes ``ScheduleUpdated`` itself only if someone listens)."""
-        entry = self._entries.get(schedule_id)
-        if entry is None:
+        schedule = self._schedules.get(schedule_id)
+        if schedule is None:
             return None  # removed while it was being processed
-        schedule = entry[2]
         self._acquired.pop(schedule_id, None)
         _set_time(schedule, "last_fire_time", last_fire_time)
         _set_time(schedule, "next_fire_time", next_fire_time)
@@ -312,10 +397,22 @@ class MemoryStore(BaseDataStore):
 
     def next_run_time(self) -> datetime | None:
         """The earliest fire time of a schedule that can fire (paused ones cannot)."""
-        heap, entries = self._heap, self._entries
-        while heap and entries.get(heap[0][1]) is not heap[0]:
-            heappop(heap)
-        earliest = heap[0][0] if heap else None
+        fire_times, slots = self._fire_times, self._slots
+        earliest: datetime | None = None
+        while fire_times:
+            fire_time = fire_times[0]
+            slot = slots[fire_time]
+            stale = 0
+            for schedule in slot:
+                if self._can_fire_at(schedule, fire_time):
+                    break
+                stale += 1
+            if stale < len(slot):
+                del slot[:stale]
+                earliest = fire_time
+                break
+            del slots[fire_time]  # nothing left to fire then
+            heappop(fire_times)
         for schedule in self._acquired.values():
             # Held by a scheduler: due again for the others when its lease ends.
             candidate = schedule.acquired_until
@@ -334,19 +431,27 @@ class MemoryStore(BaseDataStore):
                 JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
             )
 
-    def queue_job(self, job: Job, *, wake: bool = True) -> None:
-        """Queue a job (no event: the engine's fast path, which wakes its job loop itself)."""
-        self._jobs[job.id] = job
+    def queue_job(self, job: Job) -> None:
+        """Queue a job and wake the job loops (no event)."""
+        self._jobs[job.id.int] = job
         self._queue.append(job)
-        if wake:
-            for waker in self._job_wakers:
-                waker()
+        for waker in self._job_wakers:
+            waker()
+
+    def queue_jobs(self, jobs: list[Job]) -> None:
+        """Queue a batch of jobs, waking nobody and publishing nothing: the engine's fast
+        path, which wakes its job loop and publishes ``JobAdded`` (if wanted) itself."""
+        by_id = self._jobs
+        for job in jobs:
+            by_id[job.id.int] = job
+        self._queue.extend(jobs)
 
     async def get_jobs(self, ids: Iterable[UUID] | None = None) -> list[Job]:
         jobs = self._jobs
         if ids is None:
             return list(jobs.values())
-        return [jobs[job_id] for job_id in dict.fromkeys(ids) if job_id in jobs]
+        keys = dict.fromkeys(job_id.int for job_id in ids)
+        return [jobs[key] for key in keys if key in jobs]
 
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int | None = None
@@ -360,7 +465,8 @@ class MemoryStore(BaseDataStore):
         queue, jobs, tasks, held = self._queue, self._jobs, self._tasks, self._held
         while queue and (limit is None or len(acquired) < limit):
             job = queue.popleft()
-            if jobs.get(job.id) is not job:
+            key = job.id.int
+            if jobs.get(key) is not job:
                 continue  # released before it was acquired
             if job.start_deadline is not None and job.start_deadline < now:
                 missed.append(job)
@@ -371,10 +477,11 @@ class MemoryStore(BaseDataStore):
                 if limit_ is not None and task.running_jobs >= limit_:
                     self._waiting.setdefault(job.task_id, deque()).append(job)
                     continue
-                task.running_jobs += 1
+                # running_jobs has no converter or validator: attrs' __setattr__ adds nothing.
+                _set(task, "running_jobs", task.running_jobs + 1)
             _set(job, "acquired_by", scheduler_id)
             _set(job, "acquired_until", until)
-            held[job.id] = job
+            held[key] = job
             acquired.append(job)
         if acquired and self._next_lease_check is None:
             self._next_lease_check = until
@@ -384,9 +491,7 @@ class MemoryStore(BaseDataStore):
                     JobAcquired.from_job(job, scheduler_id=scheduler_id)
                 )
         for job in missed:
-            result = JobResult.from_job(
-                job, JobOutcome.missed_start_deadline, finished_at=now
-            )
+            result = JobResult.from_job(job, JobOutcome.missed_start_deadline, finished_at=now)
             await self.release_job(scheduler_id, job, result)
         return acquired
 
@@ -402,7 +507,7 @@ class MemoryStore(BaseDataStore):
             elif until is not None and (earliest is None or until < earliest):
                 earliest = until
         for job in reversed(expired):
-            del self._held[job.id]
+            del self._held[job.id.int]
             self._give_back_slot(job.task_id)
             _set(job, "acquired_by", None)
             _set(job, "acquired_until", None)
@@ -412,7 +517,7 @@ class MemoryStore(BaseDataStore):
     def _give_back_slot(self, task_id: str) -> None:
         task = self._tasks.get(task_id)
         if task is not None:
-            task.running_jobs -= 1
+            _set(task, "running_jobs", task.running_jobs - 1)
             if task_id in self._waiting:
                 self._unblock(task_id, every=False)
 
@@ -445,9 +550,10 @@ class MemoryStore(BaseDataStore):
     def forget_job(self, job: Job) -> None:
         """Drop a finished job and give its task slot back (no result, no event: the
         engine's fast path, used when neither is wanted)."""
-        if self._jobs.pop(job.id, None) is None:
+        key = job.id.int
+        if self._jobs.pop(key, None) is None:
             return
-        if self._held.pop(job.id, None) is not None and job.acquired_by:
+        if self._held.pop(key, None) is not None and job.acquired_by:
             self._give_back_slot(job.task_id)
             if not self._held:
                 self._next_lease_check = None
@@ -473,7 +579,7 @@ class MemoryStore(BaseDataStore):
     ) -> None:
         until = datetime.now(_utc) + duration
         for job_id in job_ids:
-            job = self._held.get(job_id)
+            job = self._held.get(job_id.int)
             if job is not None and job.acquired_by == scheduler_id:
                 _set(job, "acquired_until", until)
 
@@ -501,8 +607,8 @@ class MemoryStore(BaseDataStore):
         with_jobs = {job.schedule_id for job in self._jobs.values()}
         finished = [
             schedule_id
-            for schedule_id, entry in self._entries.items()
-            if entry[2].next_fire_time is None and schedule_id not in with_jobs
+            for schedule_id, schedule in self._schedules.items()
+            if schedule.next_fire_time is None and schedule_id not in with_jobs
         ]
         await self.remove_schedules(finished, finished=True)
 
@@ -512,8 +618,8 @@ class MemoryStore(BaseDataStore):
         """Sizes of every index (tests check that nothing is left behind)."""
         return {
             "tasks": len(self._tasks),
-            "schedules": len(self._entries),
-            "heap": len(self._heap),
+            "schedules": len(self._schedules),
+            "slots": sum(len(slot) for slot in self._slots.values()),
             "acquired": len(self._acquired),
             "jobs": len(self._jobs),
             "queue": len(self._queue),
