@@ -209,11 +209,20 @@ class TaskExecutor(JobExecutor):
 
     def record_abandoned(self, runtime: JobRuntime, job: Job) -> None:
         """A fire whose process died while running it (found by another process)."""
+        message = f"the process running it ({job.acquired_by}) stopped before it finished"
+        self._record_unrun(runtime, job, Outcome.abandoned, message)
+
+    def record_skipped(self, runtime: JobRuntime, job: Job, running: int) -> None:
+        """A fire that came due while max_instances runs were in progress in any process."""
+        limit = runtime.spec.options.max_instances
+        message = f"{running} run(s) in progress across processes, max_instances is {limit}"
+        self._record_unrun(runtime, job, Outcome.skipped, message)
+
+    def _record_unrun(self, runtime: JobRuntime, job: Job, outcome: Outcome, message: str) -> None:
         scheduled = job.scheduled_fire_time or job.created_at
         record = RunRecord(next(self._seq), runtime.spec.id, 1, scheduled)
         record.finished_at = _now()
-        message = f"the process running it ({job.acquired_by}) stopped before it finished"
-        self._finish(runtime, record, Outcome.abandoned, None, message)
+        self._finish(runtime, record, outcome, None, message)
 
     # -- run now -----------------------------------------------------------------------
 

@@ -316,7 +316,10 @@ class TaskScheduler:
                 spec.id,
                 func=spec.func,
                 job_executor=EXECUTOR_NAME,
-                max_running_jobs=None,  # max_instances is ours: skip, never queue (trap 7)
+                # max_instances is ours: a fire at the limit is skipped, never queued (trap
+                # 7). Several processes share the engine's per-task count, which SQLStore
+                # keeps exact and turns into a skip when a fire comes due at the limit.
+                max_running_jobs=spec.options.max_instances if self._store.persistent else None,
                 misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
             )
 
@@ -635,8 +638,9 @@ class TaskScheduler:
                 # Recover from a dead process within ~10 s rather than 30 s or 15 min.
                 self._engine.lease_duration = timedelta(seconds=LEASE_DURATION)
                 self._engine.cleanup_interval = timedelta(seconds=CLEANUP_INTERVAL)
-                if hasattr(data_store, "on_abandoned"):
+                if hasattr(data_store, "on_abandoned"):  # SQLStore (sqlalchemy is optional)
                     data_store.on_abandoned = self._on_abandoned
+                    data_store.on_skipped = self._on_skipped
                 self._executor.adopt = self._adopt_job
             await task_group.start(self._supervise, name="task_scheduler engine supervisor")
         except BaseException:
@@ -685,6 +689,12 @@ class TaskScheduler:
                 await self.run_job(job.task_id, wait=False)
             except (SchedulerStateError, JobNotFoundError) as exc:
                 logger.warning("could not retry abandoned job %r: %s", job.task_id, exc)
+
+    def _on_skipped(self, job: Job, running: int) -> None:
+        """Record a fire this process found at max_instances across all processes."""
+        runtime = self._executor.jobs.get(job.task_id)
+        if runtime is not None:
+            self._executor.record_skipped(runtime, job, running)
 
     async def _release_claims(self, engine: AsyncScheduler) -> None:
         """After a clean stop, give back the schedules the engine still claims (SQL stores)."""

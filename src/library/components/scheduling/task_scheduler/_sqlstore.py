@@ -49,6 +49,9 @@ class SQLStore(SQLAlchemyDataStore):
     _next_sweep: float = attrs.field(init=False, default=0.0)
     on_abandoned: Callable[[Job], Awaitable[None]] | None = attrs.field(init=False, default=None)
     """Called with each job this process found abandoned by a dead process."""
+    on_skipped: Callable[[Job, int], None] | None = attrs.field(init=False, default=None)
+    """Called with each fire not enqueued because its task was at max_instances, and the
+    number of runs then in progress across processes."""
 
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int | None = None
