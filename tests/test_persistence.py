@@ -78,6 +78,7 @@ async def test_pause_survives_a_restart(store: str) -> None:
     first = scheduler_for(store, hours=0, seconds=0.1)
     async with first:
         await first.pause_job("tick")
+    CALLS.clear()  # on a busy machine, it may have fired once before the pause
     second = scheduler_for(store, hours=0, seconds=0.1)
     async with second:
         info = await second.get_job("tick")
@@ -123,12 +124,12 @@ async def backlog_after_restart(store: str, **job: object) -> list[RunInfo]:
     stopped = datetime.now(timezone.utc)
     await anyio.sleep(1.6)
     second = scheduler_for(store, **job)
-    # Fires due by then are the backlog (starting the store takes well under 0.25 s).
-    restarted = datetime.now(timezone.utc) + timedelta(seconds=0.25)
     async with second:
+        # Fires due by the time it has started are the backlog.
+        restarted = datetime.now(timezone.utc)
         await anyio.sleep(0.6)
         runs = await second.get_runs("tick")
-    return [run for run in runs if stopped < run.scheduled_at < restarted]
+    return [run for run in runs if stopped < run.scheduled_at <= restarted]
 
 
 async def test_coalesced_backlog_runs_once_after_a_restart(store: str) -> None:
@@ -138,7 +139,8 @@ async def test_coalesced_backlog_runs_once_after_a_restart(store: str) -> None:
 
 async def test_each_missed_fire_runs_without_coalescing(store: str) -> None:
     backlog = await backlog_after_restart(store, coalesce=False)
-    assert len(backlog) == 3
+    assert len(backlog) >= 3  # 3, or more when starting took long on a busy machine
+    assert len({run.scheduled_at for run in backlog}) == len(backlog)
     assert all(run.outcome is Outcome.success for run in backlog)
 
 
@@ -236,8 +238,9 @@ async def test_a_job_added_by_another_process_runs_here_too(pg_url: str) -> None
     async with adder, other_process:
         await adder.add_interval_job(greet, "greet", seconds=0.1, args=["eve"])
         await anyio.sleep(1.2)
-        here = await other_process.get_runs("greet")
-        there = await adder.get_runs("greet")
+    # Read once both have stopped: no run can start between the two reads and the count.
+    here = await other_process.get_runs("greet")
+    there = await adder.get_runs("greet")
     assert here, "the other process runs its share of the fires"
     fires = [r.scheduled_at for r in here + there if r.outcome is Outcome.success]
     assert len(fires) == len(set(fires)) >= 8

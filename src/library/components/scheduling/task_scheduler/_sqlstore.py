@@ -3,15 +3,19 @@ at this boundary, each in one method below with a regression test."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import UUID
 
 import anyio
 import attrs
 from apscheduler import (
     ConflictPolicy,
     Job,
+    JobAdded,
     JobOutcome,
     JobReleased,
     JobResult,
@@ -19,12 +23,29 @@ from apscheduler import (
     ScheduleResult,
     ScheduleUpdated,
 )
+from apscheduler.abc import EventBroker
 from apscheduler.datastores.sqlalchemy import SQLAlchemyDataStore
-from sqlalchemy import false, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    MetaData,
+    Table,
+    Unicode,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
 from ._stores import LEASE_DURATION
+
+logger = logging.getLogger("library.components.scheduling.task_scheduler")
 
 SCHEMA_LOCK_KEY = 0x7A5C_4E11
 """pg_advisory_xact_lock key held while a process creates the tables."""
@@ -36,6 +57,20 @@ renewed every half lease (LEASE_DURATION / 2 = 5 s), so live jobs never come thi
 assert SWEEP_MARGIN < LEASE_DURATION / 2
 REPLACE_WAIT = 10.0
 """Seconds a replace waits for another process to release its claim on the schedule."""
+LIVENESS_LOCK_CLASS = 0x7A5C
+"""First key of the session-level advisory lock each live process holds (PostgreSQL);
+the second key is ``hashtext(identity)``. A killed process's session, and its lock, end at
+once: peers free what it held within a sweep, not a lease."""
+FIRED_TABLE = "task_scheduler_fired"
+"""Ledger of enqueued fires, (schedule id, fire time): a fire is enqueued at most once."""
+
+_HOLDER_GONE = text(
+    "NOT EXISTS (SELECT 1 FROM pg_locks AS lock WHERE lock.locktype = 'advisory' AND lock.granted"
+    " AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND lock.classid = CAST(:lock_class AS oid) AND lock.objsubid = 2"
+    " AND lock.objid = CAST(hashtext(acquired_by)::bigint & 4294967295 AS oid))"
+).bindparams(lock_class=LIVENESS_LOCK_CLASS)
+"""SQL: the process named in the row's ``acquired_by`` no longer holds its liveness lock."""
 
 
 @attrs.define(eq=False, repr=False)
@@ -52,13 +87,247 @@ class SQLStore(SQLAlchemyDataStore):
     on_skipped: Callable[[Job, int], None] | None = attrs.field(init=False, default=None)
     """Called with each fire not enqueued because its task was at max_instances, and the
     number of runs then in progress across processes."""
+    _identity: str | None = attrs.field(init=False, default=None)
+    _liveness: AsyncConnection | None = attrs.field(init=False, default=None)
+    _mine: set[UUID] = attrs.field(init=False, factory=set)
+    """Jobs this process acquired and has not released yet."""
+    _enqueued: set[str] = attrs.field(init=False, factory=set)
+    """Schedules of the batch in hand that had a fire enqueued: the rest is their backlog."""
+
+    # -- the ledger of enqueued fires ------------------------------------------------
+
+    def get_table_definitions(self) -> MetaData:
+        metadata: MetaData = super().get_table_definitions()
+        # Same type as schedules.next_fire_time, so that the two compare in SQL.
+        fire_time = DateTime(timezone=True) if self._supports_tzaware_timestamps else BigInteger()
+        Table(
+            FIRED_TABLE,
+            metadata,
+            Column("schedule_id", Unicode(500), primary_key=True),
+            Column("fire_time", fire_time, primary_key=True),
+        )
+        return metadata
+
+    @property
+    def _t_fired(self) -> Table:
+        prefix = f"{self.schema}." if self.schema else ""
+        return self._metadata.tables[prefix + FIRED_TABLE]
+
+    def _fire_time_value(self, fire_time: datetime) -> datetime | int:
+        if self._supports_tzaware_timestamps:
+            return fire_time
+        return int(fire_time.timestamp() * 1000_000)  # as 4.0.0a6 stores next_fire_time
+
+    async def add_job(self, job: Job) -> None:
+        """Enqueue a fire once, or skip it when its task is at max_instances everywhere.
+
+        4.0.0a6 commits each fire's job on its own and advances the schedule only later, in
+        ``release_schedules``: a process dying in between leaves the old next fire time, and
+        whoever claims the schedule next enqueues the same fire again (a duplicate run). A
+        ledger row per (schedule, fire time), inserted in the job's own transaction, makes
+        the second attempt a no-op.
+
+        Trap 7: the engine's per-task limit queues fires at the limit; max_instances skips
+        them. A fire that comes due while its task runs max_instances jobs in any process is
+        recorded ``skipped`` here. The fires of one schedule in one batch are a backlog
+        (coalesce=False): once the first is enqueued the rest queue behind it, even if a peer
+        has meanwhile started the first.
+        """
+        if job.schedule_id is None or job.scheduled_fire_time is None:
+            await super().add_job(job)
+            return
+        fired, tasks = self._t_fired, self._t_tasks
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        record_fire = (
+            dialect.insert(fired)
+            .values(
+                schedule_id=job.schedule_id,
+                fire_time=self._fire_time_value(job.scheduled_fire_time),
+            )
+            .on_conflict_do_nothing()
+            .returning(fired.c.schedule_id)
+        )
+        slots = select(tasks.c.running_jobs, tasks.c.max_running_jobs).where(
+            tasks.c.id == job.task_id
+        )
+        running: int | None = None
+        async for attempt in self._retry():
+            with attempt:
+                async with self._begin_transaction() as conn:
+                    if (await self._execute(conn, record_fire)).first() is None:
+                        logger.info(
+                            "fire of %r at %s was enqueued before, by a process that stopped "
+                            "before it advanced the schedule: not enqueued again",
+                            job.schedule_id,
+                            job.scheduled_fire_time.isoformat(),
+                        )
+                        return
+                    task = None
+                    if job.schedule_id not in self._enqueued:
+                        task = (await self._execute(conn, slots)).first()
+                    running = None
+                    if task is not None and task.max_running_jobs is not None:
+                        if task.running_jobs >= task.max_running_jobs:
+                            running = task.running_jobs
+                    if running is None:
+                        insert = self._t_jobs.insert().values(**job.marshal(self.serializer))
+                        await self._execute(conn, insert)
+        if running is not None:
+            if self.on_skipped is not None:
+                self.on_skipped(job, running)
+            return
+        self._enqueued.add(job.schedule_id)
+        await self._event_broker.publish(
+            JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
+        )
+
+    async def _prune_fired(self) -> None:
+        """Forget fires their schedule has moved past (it can never produce them again)."""
+        fired, schedules = self._t_fired, self._t_schedules
+        pending = select(schedules.c.id).where(
+            schedules.c.id == fired.c.schedule_id,
+            schedules.c.next_fire_time <= fired.c.fire_time,
+        )
+        async with self._begin_transaction() as conn:
+            await self._execute(conn, fired.delete().where(~exists(pending)))
+
+    # -- jobs: acquiring, releasing, and the ones dead processes left ----------------
+
+    async def start(
+        self, exit_stack: AsyncExitStack, event_broker: EventBroker, logger: logging.Logger
+    ) -> None:
+        await super().start(exit_stack, event_broker, logger)
+        exit_stack.push_async_callback(self._drop_liveness)
+
+    async def _announce(self, scheduler_id: str) -> None:
+        """Hold, while this process lives, an advisory lock named after it (PostgreSQL).
+
+        Not in 4.0.0a6, which learns that a process died only when its leases run out:
+        its jobs block their tasks' slots, and its schedules do not fire, for a lease.
+        """
+        self._identity = scheduler_id
+        engine = self._engine
+        if engine.dialect.name != "postgresql" or not isinstance(engine, AsyncEngine):
+            return  # SQLite: one process only
+        conn = await engine.connect()
+        try:
+            await conn.execute(
+                text("SELECT pg_advisory_lock(:lock_class, hashtext(:identity))"),
+                {"lock_class": LIVENESS_LOCK_CLASS, "identity": scheduler_id},
+            )
+            await conn.commit()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.invalidate()
+            raise
+        self._liveness = conn
+
+    async def _drop_liveness(self) -> None:
+        self._identity = None  # a restarted engine announces itself again
+        conn, self._liveness = self._liveness, None
+        if conn is not None:
+            with anyio.CancelScope(shield=True):
+                await conn.invalidate()  # closes the session, and with it the lock
 
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int | None = None
     ) -> list[Job]:
-        await self._sweep_abandoned_jobs()
+        if self._identity is None:
+            await self._announce(scheduler_id)
+        await self._sweep()
         jobs: list[Job] = await super().acquire_jobs(scheduler_id, lease_duration, limit)
+        self._mine.update(job.id for job in jobs)
         return jobs
+
+    async def release_job(self, scheduler_id: str, job: Job, result: JobResult) -> None:
+        try:
+            await super().release_job(scheduler_id, job, result)
+        finally:
+            self._mine.discard(job.id)
+
+    async def _release_job(
+        self,
+        conn: Any,
+        result: JobResult,
+        scheduler_id: str,
+        task_id: str,
+        schedule_id: str | None = None,
+        scheduled_fire_time: datetime | None = None,
+        *,
+        decrement_running_job_count: bool = True,
+    ) -> JobReleased:
+        # 4.0.0a6 decrements the task's running count on every release: also for a job that
+        # was never acquired, or that a sweep (or a peer's cleanup) already released - the
+        # count drifts and the task's slots leak or multiply (#1110). Give a slot back only
+        # when this release removed a job that held one.
+        jobs_table, tasks_table = self._t_jobs, self._t_tasks
+        deleted = await self._execute(
+            conn,
+            jobs_table.delete()
+            .where(jobs_table.c.id == result.job_id)
+            .returning(jobs_table.c.acquired_by),
+        )
+        row = deleted.first()
+        if row is not None and row.acquired_by is not None:
+            await self._execute(
+                conn,
+                tasks_table.update()
+                .values(running_jobs=tasks_table.c.running_jobs - 1)
+                .where(tasks_table.c.id == task_id, tasks_table.c.running_jobs > 0),
+            )
+        event: JobReleased = await super()._release_job(
+            conn,
+            result,
+            scheduler_id,
+            task_id,
+            schedule_id,
+            scheduled_fire_time,
+            decrement_running_job_count=False,
+        )
+        return event
+
+    async def cleanup(self) -> None:
+        self._next_sweep = 0.0
+        await self._sweep()
+        await super().cleanup()
+        await self._prune_fired()
+
+    async def _sweep(self) -> None:
+        """At most once per SWEEP_INTERVAL: free what dead processes held."""
+        if anyio.current_time() < self._next_sweep:
+            return
+        self._next_sweep = anyio.current_time() + SWEEP_INTERVAL
+        await self._sweep_abandoned_jobs()
+        if self._engine.dialect.name == "postgresql":
+            await self._free_dead_claims()
+
+    def _holder_gone(self, table: Table, horizon: datetime) -> Any:
+        """SQL: the row is held by a process that is gone (or whose lease runs out)."""
+        expired = table.c.acquired_until < horizon
+        if self._engine.dialect.name != "postgresql":
+            return expired
+        return or_(expired, _HOLDER_GONE)
+
+    async def _free_dead_claims(self) -> None:
+        """Give back the schedules claimed by processes that are gone, and wake peers.
+
+        4.0.0a6 waits for the claim to run out (a lease). The ledger keeps a fire the dead
+        process enqueued from being enqueued again.
+        """
+        table = self._t_schedules
+        async with self._begin_transaction() as conn:
+            freed = await self._execute(
+                conn,
+                table.update()
+                .where(table.c.acquired_by.is_not(None), _HOLDER_GONE)
+                .values(acquired_by=None, acquired_until=None)
+                .returning(table.c.id, table.c.task_id),
+            )
+            rows = freed.all()
+        for row in rows:
+            await self._event_broker.publish(
+                ScheduleUpdated(schedule_id=row.id, task_id=row.task_id, next_fire_time=None)
+            )
 
     async def _sweep_abandoned_jobs(self) -> None:
         """Release the jobs of dead processes as ``abandoned``, once each, before anyone
@@ -66,25 +335,37 @@ class SQLStore(SQLAlchemyDataStore):
 
         4.0.0a6 lets another process re-acquire a job whose lease expired and run it again
         (a duplicate), and never gives back the dead holder's running slot (upstream
-        #1110). Live holders renew their leases every half lease, so a job whose lease ends
-        within SWEEP_MARGIN was not renewed: its holder is gone. The sweep deletes it with a
-        condition on its holder, so exactly one process records it, and gives the slot back.
+        #1110). A holder is gone when its liveness lock is (PostgreSQL), or when it did not
+        renew the lease: live holders renew every half lease, so a job whose lease ends
+        within SWEEP_MARGIN was not renewed. The sweep deletes it with a condition on its
+        holder, so exactly one process records it, and gives the slot back.
+
+        #1116: a process whose event loop was blocked past the lease re-acquired its own
+        running job, ran it twice, then crashed with KeyError. A job this process still
+        runs is never abandoned: its lease is renewed instead.
         """
-        if anyio.current_time() < self._next_sweep:
-            return
-        self._next_sweep = anyio.current_time() + SWEEP_INTERVAL
         jobs_table, tasks_table = self._t_jobs, self._t_tasks
-        horizon = datetime.now(timezone.utc) + timedelta(seconds=SWEEP_MARGIN)
+        now = datetime.now(timezone.utc)
+        horizon = now + timedelta(seconds=SWEEP_MARGIN)
         async with self._begin_transaction() as conn:
             expired = await self._execute(
                 conn,
                 jobs_table.select().where(
                     jobs_table.c.acquired_by.is_not(None),
-                    jobs_table.c.acquired_until < horizon,
+                    self._holder_gone(jobs_table, horizon),
                 ),
             )
             jobs: list[Job] = await self._deserialize_jobs(expired)
+        ours = {
+            job.id for job in jobs if job.acquired_by == self._identity and job.id in self._mine
+        }
+        if ours:
+            await self.extend_acquired_job_leases(
+                str(self._identity), ours, timedelta(seconds=LEASE_DURATION)
+            )
         for job in jobs:
+            if job.id in ours:
+                continue
             async with self._begin_transaction() as conn:
                 deleted = await self._execute(
                     conn,
@@ -138,6 +419,10 @@ class SQLStore(SQLAlchemyDataStore):
     ) -> list[Schedule]:
         if not self._claiming:
             return []
+        if self._identity is None:
+            await self._announce(scheduler_id)
+        await self._sweep()
+        self._enqueued.clear()
         schedules: list[Schedule] = await super().acquire_schedules(
             scheduler_id, lease_duration, limit
         )
@@ -211,12 +496,39 @@ class SQLStore(SQLAlchemyDataStore):
         await super()._create_metadata(conn)
 
     async def release_claims(self, scheduler_id: str) -> int:
-        """Give back every schedule ``scheduler_id`` still claims; return how many.
+        """Give back every schedule and job ``scheduler_id`` still claims; return how many.
 
         4.0.0a6's ``stop()`` cancels the schedule loop mid-batch and leaves schedules
         claimed for the rest of their lease (30 s): a restarted process - a new identity -
-        could not fire them until then. Peers are woken with a ScheduleUpdated event.
+        could not fire them until then. Its job loop may also have acquired jobs it never
+        started: they held their tasks' running slots until swept, and then counted as
+        ``abandoned``. They go back to the queue for the others. Peers are woken by events.
         """
+        jobs_table, tasks_table = self._t_jobs, self._t_tasks
+        async with self._begin_transaction() as conn:
+            unstarted = await self._execute(
+                conn,
+                jobs_table.update()
+                .where(jobs_table.c.acquired_by == scheduler_id)
+                .values(acquired_by=None, acquired_until=None)
+                .returning(jobs_table.c.id, jobs_table.c.task_id, jobs_table.c.schedule_id),
+            )
+            returned = unstarted.all()
+            for row in returned:
+                await self._execute(
+                    conn,
+                    tasks_table.update()
+                    .values(running_jobs=tasks_table.c.running_jobs - 1)
+                    .where(tasks_table.c.id == row.task_id, tasks_table.c.running_jobs > 0),
+                )
+        self._mine.clear()
+        for row in returned:
+            await self._event_broker.publish(
+                JobAdded(job_id=row.id, task_id=row.task_id, schedule_id=row.schedule_id)
+            )
+        return len(returned) + await self._release_schedule_claims(scheduler_id)
+
+    async def _release_schedule_claims(self, scheduler_id: str) -> int:
         table = self._t_schedules
         async with self._begin_transaction() as conn:
             claimed = select(table.c.id).where(table.c.acquired_by == scheduler_id)

@@ -1,0 +1,359 @@
+"""SQLStore: each APScheduler 4.0.0a6 defect it closes, reproduced at the store's own API.
+
+Real SQLite and PostgreSQL (each test in a fresh schema); asyncio only, as the store is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import anyio
+import pytest
+from apscheduler import (
+    CoalescePolicy,
+    ConflictPolicy,
+    Job,
+    JobOutcome,
+    JobResult,
+    Schedule,
+    Task,
+)
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import select
+
+from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler
+from library.components.scheduling.task_scheduler._sqlstore import SQLStore
+from library.components.scheduling.task_scheduler._stores import open_backend, parse_store_url
+
+pytestmark = pytest.mark.anyio
+
+LEASE = timedelta(seconds=30)
+LOG = logging.getLogger("tests.sqlstore")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # APScheduler's SQL store is asyncio-only
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jobs.db"
+    pg: str = request.getfixturevalue("pg_url")
+    return pg
+
+
+@asynccontextmanager
+async def open_store(url: str) -> AsyncIterator[SQLStore]:
+    async with AsyncExitStack() as stack:
+        store, broker = await open_backend(
+            parse_store_url(url), None, connect_timeout=10, exit_stack=stack
+        )
+        assert isinstance(store, SQLStore)
+        await broker.start(stack, LOG)
+        await store.start(stack, broker, LOG)
+        yield store
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+async def add_task(store: SQLStore, task_id: str = "t", limit: int | None = 1) -> None:
+    await store.add_task(Task(id=task_id, func=None, job_executor="x", max_running_jobs=limit))
+
+
+def fire(task_id: str = "t", at: datetime | None = None) -> Job:
+    """The job a schedule's fire makes (a new object each time, as the engine makes it)."""
+    at = at or now().replace(microsecond=0)
+    return Job(task_id=task_id, schedule_id=task_id, scheduled_fire_time=at, executor="x")
+
+
+async def running_jobs(store: SQLStore, task_id: str = "t") -> int:
+    tasks = {task.id: task for task in await store.get_tasks()}
+    return tasks[task_id].running_jobs
+
+
+async def acquire(store: SQLStore, identity: str, limit: int | None = None) -> list[Job]:
+    store._next_sweep = 0.0  # sweep now, as if a second had passed
+    jobs: list[Job] = await store.acquire_jobs(identity, LEASE, limit)
+    return jobs
+
+
+async def release(store: SQLStore, identity: str, job: Job) -> None:
+    result = JobResult.from_job(job, JobOutcome.success, finished_at=now())
+    await store.release_job(identity, job, result)
+
+
+async def new_batch(store: SQLStore) -> None:
+    """What the engine's schedule loop does before it enqueues the fires of a batch."""
+    await store.acquire_schedules("me", LEASE, 10)
+
+
+async def add_schedule(store: SQLStore, schedule_id: str = "t") -> None:
+    trigger = IntervalTrigger(seconds=1, start_time=now() - timedelta(seconds=5))
+    schedule = Schedule(
+        id=schedule_id,
+        task_id=schedule_id,
+        trigger=trigger,
+        coalesce=CoalescePolicy.latest,
+        job_executor="x",
+        next_fire_time=trigger.next(),
+    )
+    await store.add_schedule(schedule, ConflictPolicy.exception)
+
+
+# ------------------------------------------------------------------------------ the tests
+
+
+async def test_stores_starting_together_on_an_empty_database_all_start(pg_url: str) -> None:
+    """The schema-creation race: CREATE TYPE in create_all -> IntegrityError in one of them."""
+    started: list[bool] = []
+
+    async def start_one() -> None:
+        async with open_store(pg_url) as store:
+            await store.get_tasks()
+            started.append(True)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(4):
+            group.start_soon(start_one)
+    assert started == [True] * 4
+
+
+async def test_a_fire_is_enqueued_once_even_if_its_schedule_was_not_advanced(url: str) -> None:
+    """A process that died between enqueueing a fire and advancing its schedule: whoever
+    claims the schedule next computes the same fire again."""
+    async with open_store(url) as store:
+        await add_task(store, limit=None)
+        at = now().replace(microsecond=0)
+        await store.add_job(fire(at=at))
+        await store.add_job(fire(at=at))  # the same fire, from the schedule's old state
+        await store.add_job(fire(at=at + timedelta(seconds=1)))
+        jobs = await store.get_jobs()
+    assert sorted(job.scheduled_fire_time for job in jobs) == [at, at + timedelta(seconds=1)]
+
+
+async def test_the_ledger_forgets_fires_its_schedule_moved_past(url: str) -> None:
+    async with open_store(url) as store:
+        await add_task(store, limit=None)
+        await add_schedule(store)
+        schedule = (await store.get_schedules())[0]
+        assert schedule.next_fire_time is not None
+        passed = schedule.next_fire_time - timedelta(seconds=1)
+        await store.add_job(fire(at=passed))
+        await store.add_job(fire(at=schedule.next_fire_time))
+        await store.cleanup()
+        async with store._begin_transaction() as conn:
+            rows = (await conn.execute(select(store._t_fired.c.fire_time))).all()
+    assert len(rows) == 1, "only the fire the schedule has not moved past is kept"
+
+
+async def test_a_fire_due_while_max_instances_run_anywhere_is_skipped(url: str) -> None:
+    """Trap 7: the engine's per-task limit would queue it and run it late."""
+    skipped: list[tuple[Job, int]] = []
+    async with open_store(url) as store:
+        store.on_skipped = lambda job, running: skipped.append((job, running))
+        await add_task(store, limit=1)
+        first = fire()
+        await new_batch(store)
+        await store.add_job(first)
+        [acquired] = await acquire(store, "me")
+        late = fire(at=first.scheduled_fire_time + timedelta(seconds=1))  # type: ignore[operator]
+        await new_batch(store)
+        await store.add_job(late)
+        assert [job.id for job in await store.get_jobs()] == [first.id]
+        await release(store, "me", acquired)
+        after = fire(at=first.scheduled_fire_time + timedelta(seconds=2))  # type: ignore[operator]
+        await new_batch(store)
+        await store.add_job(after)
+        queued = [job.id for job in await store.get_jobs()]
+    assert [(job.id, running) for job, running in skipped] == [(late.id, 1)]
+    assert queued == [after.id]
+
+
+async def test_a_backlog_enqueued_together_still_queues_behind_the_limit(url: str) -> None:
+    """coalesce=False: the missed fires of one schedule, enqueued in one batch, all run one
+    after another, even when a peer starts the first before the rest are enqueued."""
+    skipped: list[Job] = []
+    async with open_store(url) as store, open_store(url) as peer:
+        store.on_skipped = lambda job, running: skipped.append(job)
+        await add_task(store, limit=1)
+        await new_batch(store)
+        at = now().replace(microsecond=0) - timedelta(seconds=3)
+        await store.add_job(fire(at=at))
+        assert len(await acquire(peer, "peer")) == 1
+        await store.add_job(fire(at=at + timedelta(seconds=1)))
+        await store.add_job(fire(at=at + timedelta(seconds=2)))
+        assert (skipped, len(await store.get_jobs())) == ([], 3)
+        assert await acquire(peer, "peer") == [], "one at a time"
+        await new_batch(store)  # the next batch: a new fire
+        await store.add_job(late := fire(at=at + timedelta(seconds=3)))
+    assert [job.id for job in skipped] == [late.id]
+
+
+async def test_a_running_slot_comes_back_exactly_once(url: str) -> None:
+    """#1110: every release decremented the count, also a late second release of a job a
+    sweep had already released, and a release of a job that never held a slot."""
+    async with open_store(url) as store:
+        await add_task(store, limit=2)
+        await store.add_job(fire())
+        [job] = await acquire(store, "worker-a")
+        assert await running_jobs(store) == 1
+        await release(store, "worker-a", job)
+        await release(store, "worker-a", job)  # late: already released
+        assert await running_jobs(store) == 0
+        await store.add_job(fire(at=now() + timedelta(seconds=5)))
+        await store.add_job(unacquired := fire(at=now() + timedelta(seconds=6)))
+        [held] = await acquire(store, "worker-a", limit=1)
+        await release(store, "worker-a", unacquired)  # never held a slot
+        assert await running_jobs(store) == 1
+        await release(store, "worker-a", held)
+        assert await running_jobs(store) == 0
+
+
+async def test_jobs_whose_lease_ran_out_are_abandoned_once_and_free_their_slot(
+    url: str,
+) -> None:
+    """#1110: another process re-acquired such a job (running it twice) and the dead
+    holder's slot was never given back."""
+    abandoned: list[Job] = []
+    async with open_store(url) as survivor, open_store(url) as dying:
+        await add_task(survivor, limit=1)
+        await survivor.add_job(fire())
+        [job] = await acquire(dying, "dying")
+        await dying.extend_acquired_job_leases("dying", {job.id}, timedelta(seconds=-1))
+
+        async def record(found: Job) -> None:
+            abandoned.append(found)
+
+        survivor.on_abandoned = record
+        assert await acquire(survivor, "survivor") == [], "not run a second time"
+        assert await acquire(survivor, "survivor") == []
+        assert [found.id for found in abandoned] == [job.id]
+        assert await running_jobs(survivor) == 0
+        await survivor.add_job(fire(at=now() + timedelta(seconds=1)))
+        assert len(await acquire(survivor, "survivor")) == 1, "the slot is free again"
+
+
+async def test_jobs_of_a_process_that_is_gone_are_abandoned_at_once(pg_url: str) -> None:
+    """Its PostgreSQL session ended with it: no need to wait out its lease."""
+    abandoned: list[UUID] = []
+    async with open_store(pg_url) as survivor:
+        await add_task(survivor, limit=1)
+        await survivor.add_job(fire())
+        async with open_store(pg_url) as dying:
+            [job] = await acquire(dying, "dying")
+            await dying._drop_liveness()  # as when the process is killed
+            dying._mine.clear()
+
+            async def record(found: Job) -> None:
+                abandoned.append(found.id)
+
+            survivor.on_abandoned = record
+            await acquire(survivor, "survivor")
+            assert abandoned == [job.id]
+            assert await running_jobs(survivor) == 0
+
+
+async def test_a_live_process_keeps_its_jobs_until_its_lease_ends(pg_url: str) -> None:
+    async with open_store(pg_url) as survivor, open_store(pg_url) as other:
+        await add_task(survivor, limit=1)
+        await survivor.add_job(fire())
+        assert len(await acquire(other, "other")) == 1
+        survivor.on_abandoned = pytest.fail  # type: ignore[assignment]
+        assert await acquire(survivor, "survivor") == []
+        assert (await survivor.get_jobs())[0].acquired_by == "other"
+
+
+async def test_schedules_claimed_by_a_process_that_is_gone_are_freed_at_once(
+    pg_url: str,
+) -> None:
+    async with open_store(pg_url) as survivor:
+        await add_task(survivor, limit=None)
+        await add_schedule(survivor)
+        async with open_store(pg_url) as dying:
+            assert len(await dying.acquire_schedules("dying", LEASE, 10)) == 1
+            await dying._drop_liveness()
+            survivor._next_sweep = 0.0
+            claimed = await survivor.acquire_schedules("survivor", LEASE, 10)
+    assert [schedule.id for schedule in claimed] == ["t"]
+
+
+async def test_a_job_still_running_here_is_not_taken_again_after_a_blocked_loop(
+    url: str,
+) -> None:
+    """#1116: with its loop blocked past the lease, a process re-acquired its own running
+    job, ran it a second time, and crashed with KeyError when both ended."""
+    async with open_store(url) as store:
+        store.on_abandoned = pytest.fail  # type: ignore[assignment]
+        await add_task(store, limit=2)
+        await store.add_job(fire())
+        [job] = await acquire(store, "me")
+        await store.extend_acquired_job_leases("me", {job.id}, timedelta(seconds=-1))
+        assert await acquire(store, "me") == []
+        [held] = await store.get_jobs()
+    assert held.acquired_by == "me"
+    assert held.acquired_until is not None and held.acquired_until > now()
+
+
+async def test_release_claims_gives_back_unstarted_jobs_and_schedules(url: str) -> None:
+    """stop() left them claimed for a lease; unstarted jobs then counted as abandoned."""
+    async with open_store(url) as store:
+        await add_task(store, limit=1)
+        await add_schedule(store)
+        await store.add_job(fire())
+        await acquire(store, "me")
+        assert len(await store.acquire_schedules("me", LEASE, 10)) == 1
+        assert await store.release_claims("me") == 2
+        [job] = await store.get_jobs()
+        [schedule] = await store.get_schedules()
+        assert (job.acquired_by, schedule.acquired_by) == (None, None)
+        assert await running_jobs(store) == 0
+        assert len(await acquire(store, "next")) == 1, "another process can run it"
+
+
+# ---------------------------------------------------------------- through the scheduler
+
+RUNS: list[tuple[str, float]] = []
+
+
+async def long_job() -> None:
+    RUNS.append(("start", anyio.current_time()))
+    await anyio.sleep(2.2)
+    RUNS.append(("end", anyio.current_time()))
+
+
+async def test_max_instances_is_a_limit_across_processes(pg_url: str) -> None:
+    """Two schedulers on one store (as two processes): never two runs at once."""
+    RUNS.clear()
+    start = now().replace(microsecond=0) + timedelta(seconds=1)
+
+    def build() -> TaskScheduler:
+        scheduler = TaskScheduler(SchedulerConfig(store=pg_url, shutdown_timeout=5))
+        scheduler.interval(seconds=1, start=start, id="long", max_instances=1)(long_job)
+        return scheduler
+
+    first, second = build(), build()
+    async with first, second:
+        await anyio.sleep((start - now()).total_seconds() + 6.5)
+        runs: list[Any] = [*await first.get_runs("long"), *await second.get_runs("long")]
+    running = peak = 0
+    for kind, _ in sorted(RUNS, key=lambda event: (event[1], event[0] == "start")):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 1, RUNS
+    outcomes = [run.outcome.value for run in runs if run.outcome is not None]
+    assert outcomes.count("success") >= 2, outcomes
+    assert outcomes.count("skipped") >= 2, outcomes
+    skipped = next(
+        run for run in runs if run.outcome is not None and run.outcome.value == "skipped"
+    )
+    assert "max_instances is 1" in (skipped.error_message or "")
