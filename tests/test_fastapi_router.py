@@ -165,6 +165,27 @@ def test_remove_job(client: TestClient) -> None:
     assert "nightly" not in ids(client.get("/scheduler/jobs").json())
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/scheduler/jobs/nope"),
+        ("POST", "/scheduler/jobs/nope/pause"),
+        ("POST", "/scheduler/jobs/nope/resume"),
+        ("POST", "/scheduler/jobs/nope/run"),
+        ("POST", "/scheduler/jobs/nope/run?wait=true"),
+        ("DELETE", "/scheduler/jobs/nope"),
+        ("GET", "/scheduler/jobs/nope/runs"),
+        ("GET", "/scheduler/jobs/nope/preview"),
+    ],
+)
+def test_every_job_route_answers_an_unknown_id_alike(
+    client: TestClient, method: str, path: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no job with id 'nope'"}
+
+
 # ---------------------------------------------------------------------------- runs
 
 

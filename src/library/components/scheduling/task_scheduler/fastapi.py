@@ -18,7 +18,8 @@ swap it with ``app.dependency_overrides[get_scheduler] = lambda: other``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -114,8 +115,16 @@ def _responses(*codes: int, guarded: bool = True) -> dict[int | str, dict[str, A
     return {code: {"model": ErrorDetail, "description": _ERRORS[code]} for code in codes}
 
 
-def _not_found(exc: JobNotFoundError) -> HTTPException:
-    return HTTPException(status_code=404, detail=str(exc))
+@contextmanager
+def _job_lookup() -> Iterator[None]:
+    """Answer a :class:`JobNotFoundError` with the 404 the ``/jobs/{job_id}`` routes document.
+
+    Per route, not an app exception handler: the router must not change the user's other routes.
+    """
+    try:
+        yield
+    except JobNotFoundError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
 
 
 def create_scheduler_router(
@@ -179,10 +188,8 @@ def create_scheduler_router(
         responses=_responses(404, 503, guarded=is_guarded),
     )
     async def get_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
-        try:
+        with _job_lookup():
             return await scheduler.get_job(job_id)
-        except JobNotFoundError as exc:
-            raise _not_found(exc) from None
 
     @router.post(
         "/jobs/{job_id}/pause",
@@ -193,10 +200,8 @@ def create_scheduler_router(
         responses=_responses(404, 503, guarded=is_guarded),
     )
     async def pause_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
-        try:
+        with _job_lookup():
             return await scheduler.pause_job(job_id)
-        except JobNotFoundError as exc:
-            raise _not_found(exc) from None
 
     @router.post(
         "/jobs/{job_id}/resume",
@@ -207,10 +212,8 @@ def create_scheduler_router(
         responses=_responses(404, 503, guarded=is_guarded),
     )
     async def resume_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
-        try:
+        with _job_lookup():
             return await scheduler.resume_job(job_id)
-        except JobNotFoundError as exc:
-            raise _not_found(exc) from None
 
     @router.post(
         "/jobs/{job_id}/run",
@@ -232,12 +235,11 @@ def create_scheduler_router(
             bool, Query(description="Wait for the run to finish and return it (200).")
         ] = False,
     ) -> RunAccepted | Response:
-        try:
-            run = await scheduler.run_job(job_id, wait=wait)
-        except JobNotFoundError as exc:
-            raise _not_found(exc) from None
-        except SchedulerStateError as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
+        with _job_lookup():
+            try:
+                run = await scheduler.run_job(job_id, wait=wait)
+            except SchedulerStateError as exc:
+                raise HTTPException(status_code=409, detail=str(exc)) from None
         if run.outcome is Outcome.skipped:
             raise HTTPException(
                 status_code=409,
@@ -259,10 +261,8 @@ def create_scheduler_router(
         responses=_responses(404, 503, guarded=is_guarded),
     )
     async def remove_job(job_id: JobId, scheduler: SchedulerDep) -> None:
-        try:
+        with _job_lookup():
             await scheduler.remove_job(job_id)
-        except JobNotFoundError as exc:
-            raise _not_found(exc) from None
 
     @router.get(
         "/jobs/{job_id}/runs",
@@ -277,10 +277,8 @@ def create_scheduler_router(
         scheduler: SchedulerDep,
         limit: Annotated[int, Query(ge=1, le=1000, description="At most this many runs.")] = 20,
     ) -> list[RunInfo]:
-        try:
+        with _job_lookup():
             return await scheduler.get_runs(job_id, limit=limit)
-        except JobNotFoundError as exc:
-            raise _not_found(exc) from None
 
     @router.get(
         "/jobs/{job_id}/preview",
@@ -297,10 +295,8 @@ def create_scheduler_router(
         scheduler: SchedulerDep,
         count: Annotated[int, Query(ge=1, le=1000, description="How many fire times.")] = 10,
     ) -> list[datetime]:
-        try:
+        with _job_lookup():
             return await scheduler.preview(job_id, count)
-        except JobNotFoundError as exc:
-            raise _not_found(exc) from None
 
     @router.get(
         "/status",
