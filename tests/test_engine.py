@@ -245,6 +245,29 @@ def _schedule(schedule_id: str, fire: datetime) -> Any:
     )
 
 
+# ---------------------------------------------------------------------------- tasks
+
+
+async def test_configuring_tasks_matches_the_stock_engine(anyio_backend: str, kind: str) -> None:
+    # Ours returns the stored task at once for a bare task id (what add_schedule asks for
+    # every schedule); every other call goes the stock way, with the same results.
+    async with engine(kind) as (scheduler, _):
+        made = await scheduler.configure_task(
+            "t", func=noop, job_executor="x", max_running_jobs=3, metadata={"k": "v"}
+        )
+        again = await scheduler.configure_task("t")
+        changed = await scheduler.configure_task("t", max_running_jobs=5)
+        await scheduler.add_schedule("t", interval(3600), id="s")
+        (stored,) = await scheduler.get_tasks()
+        (schedule,) = await scheduler.get_schedules()
+        missing = await scheduler.configure_task("u", func=noop, job_executor="x")
+    assert again == made and (changed.max_running_jobs, stored.max_running_jobs) == (5, 5)
+    assert schedule.task_id == "t" and schedule.metadata == {"k": "v"}
+    assert schedule.job_executor == "x" and missing.id == "u"
+    if kind == "ours":
+        assert again is made  # the stored task itself: nothing rebuilt
+
+
 # ---------------------------------------------------------------------------- the loops
 
 

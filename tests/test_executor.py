@@ -542,3 +542,23 @@ async def test_memory_stays_flat_over_many_runs(anyio_backend: str) -> None:
         logging.getLogger(LOGGER).setLevel(logging.NOTSET)
     assert counts.error == 2500
     assert grown < 64 * 1024, f"{grown} bytes kept after 4,000 more runs"
+
+
+async def test_idle_jobs_share_their_empty_state_until_their_first_run(
+    anyio_backend: str,
+) -> None:
+    # Issue #7: an idle job costs one small object; its containers come at the first write,
+    # and the shared empties are never written to.
+    scheduler = TaskScheduler()
+    async with scheduler:
+        await scheduler.add_cron_job(lambda: None, "a", "0 3 * * *")
+        await scheduler.add_cron_job(lambda: None, "b", "0 3 * * *")
+        a, b = scheduler._executor.jobs["a"], scheduler._executor.jobs["b"]
+        assert a.active is b.active and a.counts is b.counts and a.history is None
+        shared_active, shared_counts = a.active, a.counts
+        await scheduler.run_job("a")
+        info_a, info_b = await scheduler.get_job("a"), await scheduler.get_job("b")
+        assert a.active == [] and a.active is not shared_active
+        assert a.counts is not shared_counts and b.counts is shared_counts
+    assert shared_active == () and set(shared_counts) == {0}
+    assert info_a.counts.success == 1 and info_b.counts.success == 0

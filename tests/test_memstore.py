@@ -162,7 +162,8 @@ async def test_removing_jobs_does_not_grow_memory(anyio_backend: str) -> None:
         store = engine.data_store
         assert isinstance(store, MemoryStore)
         stats = store.stats()
-        assert stats["schedules"] == stats["tasks"] == stats["jobs"] == 0
+        assert stats["schedules"] == stats["jobs"] == 0
+        assert stats["tasks"] == 1  # the one task every job on the memory store shares
         assert stats["slots"] <= 65
         assert scheduler._executor.jobs == {}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -84,7 +85,7 @@ def test_bad_options_fail_at_declaration_naming_the_value(
     scheduler = TaskScheduler()
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         scheduler.interval(seconds=5, id="j", **options)(noop)  # type: ignore[arg-type]
-    assert not scheduler._specs
+    assert not scheduler._jobs
 
 
 @pytest.mark.parametrize(
@@ -373,3 +374,63 @@ async def test_restart_does_not_fire_interval_jobs_at_once(anyio_backend: str) -
         async with scheduler:
             await anyio.sleep(0.1)
     assert calls == []
+
+
+async def sample_job(x: int = 0) -> None:
+    pass
+
+
+async def test_memory_store_jobs_share_one_engine_task(anyio_backend: str) -> None:
+    # Issue #7: on the memory store a job costs no engine task of its own; each fire still
+    # runs its own job's callable and options, found by the schedule id.
+    scheduler = TaskScheduler()
+    runs: list[str] = []
+
+    async def record(name: str) -> None:
+        runs.append(name)
+
+    scheduler.interval(seconds=0.05, id="a", kwargs={"name": "a"}, max_instances=1)(record)
+    scheduler.interval(seconds=0.05, id="b", args=["b"])(record)
+    async with scheduler:
+        await wait_for_runs(scheduler, "a", 2)
+        await wait_for_runs(scheduler, "b", 2)
+        await scheduler.remove_job("a")
+        await scheduler.add_interval_job(noop, "c", hours=1)
+        engine = scheduler._engine
+        assert engine is not None
+        tasks = await engine.data_store.get_tasks()
+        schedules = await engine.data_store.get_schedules()
+    assert len(tasks) == 1 and {s.task_id for s in schedules} == {tasks[0].id}
+    assert tasks[0].max_running_jobs is None  # max_instances is ours, per job
+    assert {s.id for s in schedules} == {"b", "c"} and {"a", "b"} <= set(runs)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # persistent stores: asyncio only
+async def test_persistent_store_jobs_keep_their_own_engine_task(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    # On a persistent store, a job's task limits its runs across processes (max_instances).
+    scheduler = TaskScheduler(SchedulerConfig(store=f"sqlite:///{tmp_path}/jobs.db"))
+    scheduler.interval(hours=1, id="a", max_instances=2)(sample_job)
+    async with scheduler:
+        await scheduler.add_interval_job(sample_job, "b", hours=1)
+        engine = scheduler._engine
+        assert engine is not None
+        tasks = {task.id: task for task in await engine.data_store.get_tasks()}
+    assert set(tasks) == {"a", "b"}
+    assert (tasks["a"].max_running_jobs, tasks["b"].max_running_jobs) == (2, 1)
+
+
+def test_jobs_share_what_is_equal_across_them() -> None:
+    # Issue #7: no per-job copy of an empty kwargs dict, of the callable's name or of an
+    # equal interval.
+    scheduler = TaskScheduler()
+    for index in range(3):
+        scheduler.interval(hours=1, id=f"j{index}")(sample_job)
+    scheduler.interval(hours=1, id="k", kwargs={"x": 1})(sample_job)
+    j0, j1, k = (scheduler._executor.jobs[key].spec for key in ("j0", "j1", "k"))
+    assert j0.kwargs is j1.kwargs and j0.kwargs == {}
+    assert k.kwargs == {"x": 1} and k.kwargs is not j0.kwargs
+    assert j0.func_ref is j1.func_ref and j0.trigger is j1.trigger is k.trigger
+    with pytest.raises(TypeError, match="share this empty dict"):
+        j0.kwargs["x"] = 1

@@ -111,3 +111,29 @@ def test_cron_spec_starts_from_now_or_its_later_start() -> None:
     assert trigger is not None and trigger.next() == later
     trigger = CronSpec("0 * * * *", {}, tz=UTC, hash_id="x").build(NOW)
     assert trigger is not None and trigger.next() == NOW
+
+
+def test_equal_interval_specs_are_shared_and_others_kept_apart() -> None:
+    # Issue #7: jobs with equal intervals hold one spec; anything that shows differently
+    # (the zone of start, its fold, the timezone) keeps its own.
+    start = datetime(2026, 7, 1, 9, 0, tzinfo=NY)
+    first = IntervalSpec(hours=1, start=start, tz=UTC).shared()
+    assert IntervalSpec(minutes=60, start=start, tz=UTC).shared() is first
+    assert IntervalSpec(hours=1, start=start.astimezone(UTC), tz=UTC).shared() is not first
+    assert IntervalSpec(hours=1, start=start, tz=NY).shared() is not first
+    assert IntervalSpec(hours=2, start=start, tz=UTC).shared() is not first
+    ambiguous = datetime(2026, 11, 1, 1, 30, tzinfo=NY)
+    earlier = IntervalSpec(hours=1, start=ambiguous, tz=NY).shared()
+    later = IntervalSpec(hours=1, start=ambiguous.replace(fold=1), tz=NY).shared()
+    assert earlier is not later and earlier.to_dict() != later.to_dict()
+
+
+def test_shared_interval_specs_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from library.components.scheduling.task_scheduler import _triggers
+
+    monkeypatch.setattr(_triggers, "_shared_intervals", {})
+    monkeypatch.setattr(_triggers, "SHARED_SPECS_MAX", 3)
+    specs = [IntervalSpec(seconds=index + 1, tz=UTC).shared() for index in range(5)]
+    assert len(_triggers._shared_intervals) == 3
+    assert IntervalSpec(seconds=5, tz=UTC).shared() is not specs[4]
+    assert IntervalSpec(seconds=1, tz=UTC).shared() is specs[0]

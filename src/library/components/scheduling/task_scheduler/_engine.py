@@ -43,8 +43,12 @@ from apscheduler import (
     Schedule,
     SchedulerStarted,
     ScheduleUpdated,
+    Task,
+    TaskLookupError,
     current_job,
 )
+from apscheduler._structures import MetadataType
+from apscheduler._utils import UnsetValue, unset
 from apscheduler.abc import DataStore, EventBroker, Trigger
 from apscheduler.eventbrokers.local import LocalEventBroker
 from apscheduler.triggers.interval import IntervalTrigger
@@ -60,6 +64,10 @@ if sys.version_info < (3, 11):
 require_engine_version()
 
 EXECUTOR_NAME = "task_scheduler"
+MEMORY_TASK_ID = "library.components.scheduling.task_scheduler:jobs"
+"""The one engine task every job on the memory store is scheduled under (on persistent stores
+each job has its own, whose ``max_running_jobs`` limits it across processes). An engine task
+costs about 180 B (the Task, two dict entries); jobs are told apart by schedule id instead."""
 SCHEDULE_BATCH = 100
 """Due schedules processed per turn of the schedule loop (the stock loop's batch too)."""
 
@@ -67,6 +75,13 @@ engine_logger = logging.getLogger("library.components.scheduling.task_scheduler.
 if engine_logger.level == logging.NOTSET:
     # APScheduler logs every run at INFO; ours already does, once, with the outcome.
     engine_logger.setLevel(logging.WARNING)
+
+
+def run_by_executor() -> None:
+    """The callable of :data:`MEMORY_TASK_ID`, never called: :class:`TaskExecutor` runs each
+    job's own callable, found by the job's schedule id."""
+    raise RuntimeError("run_by_executor() is a placeholder for the engine; it is never called")
+
 
 _utc = timezone.utc
 _zero = timedelta(0)
@@ -239,6 +254,44 @@ class MemoryEngine(AsyncScheduler):
         if not isinstance(store, MemoryStore):  # pragma: no cover - make_engine ensures it
             raise TypeError(f"{type(self).__name__} needs a MemoryStore, got {store!r}")
         return store
+
+    # ------------------------------------------------------------------ tasks
+
+    async def configure_task(
+        self,
+        func_or_task_id: Task | str | Callable[..., Any],
+        *,
+        func: Callable[..., Any] | UnsetValue = unset,
+        job_executor: str | UnsetValue = unset,
+        misfire_grace_time: float | timedelta | UnsetValue | None = unset,
+        max_running_jobs: int | UnsetValue | None = unset,
+        metadata: MetadataType | UnsetValue = unset,
+    ) -> Task:
+        """4.0.0a6's, with a shortcut for the call ``add_schedule`` makes for every schedule:
+        a stored task's id and nothing else. The stock method then rebuilds the task's
+        parameters, merges the (empty) default metadata and compares, to return the stored
+        task unchanged: a fifth of the time to add a schedule. Here, the stored task at once."""
+        if (
+            type(func_or_task_id) is str
+            and func is unset
+            and job_executor is unset
+            and misfire_grace_time is unset
+            and max_running_jobs is unset
+            and metadata is unset
+            and not self.task_defaults.metadata
+        ):
+            try:
+                return await self.data_store.get_task(func_or_task_id)
+            except TaskLookupError:
+                pass  # the stock method makes it
+        return await super().configure_task(
+            func_or_task_id,
+            func=func,
+            job_executor=job_executor,
+            misfire_grace_time=misfire_grace_time,
+            max_running_jobs=max_running_jobs,
+            metadata=metadata,
+        )
 
     # ------------------------------------------------------------------ schedules
 

@@ -20,7 +20,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import count
 from typing import Any
@@ -91,18 +91,28 @@ class RunRecord:
         )
 
 
+_NO_RECORDS: tuple[RunRecord, ...] = ()
+_NO_COUNTS: tuple[int, ...] = (0,) * len(_OUTCOMES)
+
+
 @dataclass(slots=True, eq=False)
 class JobRuntime:
-    """The live state of one job: its spec, runs in progress, history and counters."""
+    """The live state of one job: its spec, runs in progress, history and counters.
+
+    An idle job costs this object only (96 B): its history, runs in progress and counters
+    start as shared immutable empties and get their own containers at their first write
+    (issue #7: memory per idle schedule).
+    """
 
     spec: JobSpec
-    history_size: int
     history: deque[RunRecord] | None = None
     """Finished attempts, newest first; made at the first one (an idle job costs no deque)."""
     running: int = 0
     """Fires in progress, including one waiting for its retry: they hold max_instances slots."""
-    active: list[RunRecord] = field(default_factory=list)
-    counts: list[int] = field(default_factory=lambda: [0] * len(_OUTCOMES))
+    active: list[RunRecord] | tuple[RunRecord, ...] = _NO_RECORDS
+    """Attempts in progress, oldest first: the shared empty tuple until the first one."""
+    counts: list[int] | tuple[int, ...] = _NO_COUNTS
+    """Finished attempts per outcome (in ``Outcome`` order): shared zeros until the first."""
     last: RunRecord | None = None
     last_success: datetime | None = None
     slot_freed: anyio.Event | None = None
@@ -110,6 +120,22 @@ class JobRuntime:
 
     def run_counts(self) -> RunCounts:
         return RunCounts(**{o.value: n for o, n in zip(_OUTCOMES, self.counts, strict=True)})
+
+    def add_active(self, record: RunRecord) -> None:
+        active = self.active
+        if type(active) is list:
+            active.append(record)
+        else:  # still the shared empty tuple: never mutated, replaced
+            self.active = [record]
+
+    def drop_active(self, record: RunRecord) -> None:
+        """Forget an attempt in progress (no error if it is not there)."""
+        active = self.active
+        if type(active) is list:
+            try:
+                active.remove(record)
+            except ValueError:
+                pass
 
 
 @dataclass(slots=True, eq=False)
@@ -148,7 +174,7 @@ class TaskExecutor(JobExecutor):
     def register(self, spec: JobSpec) -> JobRuntime:
         runtime = self.jobs.get(spec.id)
         if runtime is None:
-            runtime = JobRuntime(spec, self.history_size)
+            runtime = JobRuntime(spec)
             self.jobs[spec.id] = runtime
         else:
             runtime.spec = spec
@@ -257,7 +283,10 @@ class TaskExecutor(JobExecutor):
     # -- the hot path ------------------------------------------------------------------
 
     async def run_job(self, func: Callable[..., Any], job: Job) -> None:
-        runtime = self.jobs.get(job.task_id)
+        # By schedule id, which is our job id on every store; the task id is the job id on
+        # persistent stores only (on the memory store, every job is scheduled under one task).
+        schedule_id = job.schedule_id
+        runtime = None if schedule_id is None else self.jobs.get(schedule_id)
         if runtime is None:
             runtime = self.adopt(job) if self.adopt is not None else None
             if runtime is None:
@@ -324,7 +353,7 @@ class TaskExecutor(JobExecutor):
     def _hold(self, runtime: JobRuntime, record: RunRecord) -> None:
         """A fire takes its max_instances slot and counts as in progress until it ends."""
         runtime.running += 1
-        runtime.active.append(record)
+        runtime.add_active(record)
         self._in_progress += 1
 
     def _release(self, runtime: JobRuntime) -> None:
@@ -359,9 +388,9 @@ class TaskExecutor(JobExecutor):
                 record = RunRecord(
                     next(self._seq), record.job_id, record.attempt + 1, record.scheduled_at
                 )
-                runtime.active.append(record)
+                runtime.add_active(record)
                 if not await self._retry_wait(retry_delay(options.retry_delay, record.attempt - 1)):
-                    runtime.active.remove(record)
+                    runtime.drop_active(record)
                     record.finished_at = _now()
                     self._finish(runtime, record, Outcome.cancelled, None, "scheduler stopped")
                     return record
@@ -444,10 +473,7 @@ class TaskExecutor(JobExecutor):
         error_type: str | None = None,
     ) -> Outcome:
         record.finished_at = _now()
-        try:
-            runtime.active.remove(record)
-        except ValueError:
-            pass
+        runtime.drop_active(record)
         self._finish(runtime, record, outcome, exc, message, error_type)
         return outcome
 
@@ -469,9 +495,12 @@ class TaskExecutor(JobExecutor):
             record.error_message = message
         history = runtime.history
         if history is None:
-            history = runtime.history = deque(maxlen=runtime.history_size)
+            history = runtime.history = deque(maxlen=self.history_size)
         history.appendleft(record)
-        runtime.counts[_OUTCOME_INDEX[outcome]] += 1
+        counts = runtime.counts
+        if type(counts) is not list:  # still the shared zeros: never mutated, replaced
+            counts = runtime.counts = list(counts)
+        counts[_OUTCOME_INDEX[outcome]] += 1
         runtime.last = record
         if outcome is Outcome.success:
             runtime.last_success = record.finished_at

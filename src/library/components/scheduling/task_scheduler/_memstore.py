@@ -63,6 +63,7 @@ from apscheduler.abc import EventBroker
 from apscheduler.datastores.base import BaseDataStore
 from apscheduler.triggers.interval import IntervalTrigger
 
+from ._jobs import SHARED_EMPTY
 from ._pin import require_engine_version
 
 require_engine_version()
@@ -87,24 +88,6 @@ def _set_time(obj: object, name: str, value: datetime | None) -> None:
 
 def _always(event_type: type[Event]) -> bool:
     return True
-
-
-class _SharedEmptyDict(dict):  # type: ignore[type-arg]
-    """The one empty ``kwargs``/``metadata`` dict of every stored schedule and task that has
-    none: 64 B less per object. APScheduler only ever copies these dicts (jobs get copies,
-    pause/replace builds a new schedule); mutating a stored one in place raises, where it
-    would otherwise have changed the stored schedule behind the store's back."""
-
-    __slots__ = ()
-
-    def _refuse(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("stored schedules and tasks share this empty dict: build a new one instead")
-
-    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
-    update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
-
-
-SHARED_EMPTY: dict[str, object] = _SharedEmptyDict()
 
 
 @attrs.define(eq=False, repr=False)
@@ -184,7 +167,9 @@ class MemoryStore(BaseDataStore):
 
     def _compact_schedule(self, schedule: Schedule) -> None:
         """Share the immutable or empty values idle schedules repeat (same values, one
-        object): about 170 B per schedule. Only values nobody mutates are shared."""
+        object): about 170 B per schedule. Only values nobody mutates are shared: APScheduler
+        only ever copies a schedule's kwargs and metadata (jobs get copies; pause and replace
+        build a new schedule), and :data:`SHARED_EMPTY` refuses to be changed in place."""
         if type(schedule.kwargs) is dict and not schedule.kwargs:
             _set(schedule, "kwargs", SHARED_EMPTY)
         if type(schedule.metadata) is dict and not schedule.metadata:

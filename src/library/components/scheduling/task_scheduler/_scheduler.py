@@ -32,7 +32,7 @@ from apscheduler._structures import MetadataType
 from apscheduler.abc import Trigger
 
 from ._config import SchedulerConfig
-from ._engine import EXECUTOR_NAME, make_engine
+from ._engine import EXECUTOR_NAME, MEMORY_TASK_ID, make_engine, run_by_executor
 from ._errors import DuplicateJobError, JobNotFoundError, SchedulerStateError, engine_errors
 from ._executor import JobRuntime, RunRecord, TaskExecutor, logger
 from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
@@ -102,7 +102,6 @@ class TaskScheduler:
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = config if config is not None else SchedulerConfig()
         self._tz = self.config.tzinfo
-        self._specs: dict[str, JobSpec] = {}
         self._finished: set[str] = set()
         """Jobs whose trigger has nothing left to fire (not in the engine)."""
         self._executor = TaskExecutor(
@@ -110,6 +109,9 @@ class TaskScheduler:
             history_size=self.config.history_size,
             thread_limit=self.config.max_concurrent_jobs,
         )
+        self._jobs = self._executor.jobs
+        """Every job (its spec and live state) by id, in the order they were added: the
+        executor's own table, so that a job costs one entry (issue #7)."""
         self._hooks: list[RunHook] = []
         self._state: SchedulerState = "stopped"
         self._engine: AsyncScheduler | None = None
@@ -216,11 +218,10 @@ class TaskScheduler:
         self._register(spec)
 
     def _register(self, spec: JobSpec) -> None:
-        if spec.id in self._specs:
+        if spec.id in self._jobs:
             raise DuplicateJobError(spec.id)
         if self._store.persistent:
             check_storable(spec, self._serializer)
-        self._specs[spec.id] = spec
         self._executor.register(spec)
 
     # ------------------------------------------------------------------ adding at run time
@@ -302,12 +303,13 @@ class TaskScheduler:
             try:
                 await self._install(self._engine, spec, _utcnow(), allow_past=True)
             except BaseException:
-                self._specs.pop(spec.id, None)
                 self._executor.unregister(spec.id)
                 raise
         return await self.get_job(job_id)
 
     async def _configure_task(self, engine: AsyncScheduler, spec: JobSpec) -> None:
+        """The job's own engine task, on a persistent store (on the memory store, every job
+        is scheduled under the one task :meth:`_install_all` configures)."""
         with engine_errors(spec.id):
             # Traps 1 and 2 (4.0.0a6): configure the task by explicit id and schedule by that
             # id, never by the callable: scheduling by callable resets the task's settings,
@@ -319,7 +321,7 @@ class TaskScheduler:
                 # max_instances is ours: a fire at the limit is skipped, never queued (trap
                 # 7). Several processes share the engine's per-task count, which SQLStore
                 # keeps exact and turns into a skip when a fire comes due at the limit.
-                max_running_jobs=spec.options.max_instances if self._store.persistent else None,
+                max_running_jobs=spec.options.max_instances,
                 misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
             )
 
@@ -337,7 +339,7 @@ class TaskScheduler:
         trigger = spec.trigger.build(now, allow_past=allow_past)
         if trigger is None:
             self._finished.add(spec.id)
-            runtime = self._executor.jobs.get(spec.id)
+            runtime = self._jobs.get(spec.id)
             if isinstance(spec.trigger, DateSpec) and (runtime is None or runtime.last is None):
                 logger.warning(
                     "one-time job %r was due at %s, which passed before the scheduler started: "
@@ -347,13 +349,19 @@ class TaskScheduler:
                 )
             return
         self._finished.discard(spec.id)
-        await self._configure_task(engine, spec)
         metadata: MetadataType = {}
         if self._store.persistent:
+            await self._configure_task(engine, spec)
+            task_id = spec.id
             metadata.update(as_metadata(spec))
+        else:
+            # One engine task for every job (configured by _install_all): no limit to keep
+            # per task in one process, and ~180 B less per job (issue #7). The executor
+            # finds each fire's job by its schedule id, which is the job id.
+            task_id = MEMORY_TASK_ID
         with engine_errors(spec.id):
             await engine.add_schedule(
-                spec.id,
+                task_id,
                 trigger,
                 id=spec.id,
                 paused=spec.paused,
@@ -367,7 +375,7 @@ class TaskScheduler:
 
     def _spec(self, job_id: str) -> JobSpec:
         try:
-            return self._specs[job_id]
+            return self._jobs[job_id].spec
         except KeyError:
             raise JobNotFoundError(job_id) from None
 
@@ -402,8 +410,8 @@ class TaskScheduler:
         engine = self._live_engine()
         if engine is not None:
             await engine.remove_schedule(job_id)
-            await self._remove_task(engine, job_id)
-        del self._specs[job_id]
+            if self._store.persistent:  # on the memory store, jobs share one task
+                await self._remove_task(engine, job_id)
         self._finished.discard(job_id)
         self._executor.unregister(job_id)
 
@@ -423,10 +431,12 @@ class TaskScheduler:
         engine = self._live_engine()
         if engine is not None:
             schedules = {s.id: s for s in await engine.data_store.get_schedules()}
-        return [self._job_info(spec, schedules.get(spec.id)) for spec in self._specs.values()]
+        return [
+            self._job_info(job.spec, schedules.get(job_id)) for job_id, job in self._jobs.items()
+        ]
 
     def _job_info(self, spec: JobSpec, schedule: Schedule | None) -> JobInfo:
-        runtime = self._executor.jobs[spec.id]
+        runtime = self._jobs[spec.id]
         next_run: datetime | None = None
         if schedule is not None and not spec.paused and schedule.next_fire_time is not None:
             next_run = schedule.next_fire_time.astimezone(self._tz)
@@ -558,7 +568,7 @@ class TaskScheduler:
             started_at=None if self._started_at is None else self._started_at.astimezone(self._tz),
             engine_restarts=self._engine_restarts,
             last_engine_error=self._last_engine_error,
-            job_count=len(self._specs),
+            job_count=len(self._jobs),
             runs_in_progress=self._executor.in_progress,
             stale_jobs=self._stale_jobs(),
         )
@@ -569,11 +579,12 @@ class TaskScheduler:
             return []
         now = _utcnow()
         stale = []
-        for spec in self._specs.values():
+        for job in self._jobs.values():
+            spec = job.spec
             limit = spec.options.max_staleness
             if limit is None or spec.paused:
                 continue
-            last_success = self._executor.jobs[spec.id].last_success
+            last_success = job.last_success
             since = (
                 self._started_at if last_success is None else max(last_success, self._started_at)
             )
@@ -638,7 +649,8 @@ class TaskScheduler:
                 # Recover from a dead process within ~10 s rather than 30 s or 15 min.
                 self._engine.lease_duration = timedelta(seconds=LEASE_DURATION)
                 self._engine.cleanup_interval = timedelta(seconds=CLEANUP_INTERVAL)
-                if hasattr(data_store, "on_abandoned"):  # SQLStore (sqlalchemy is optional)
+                # SQLStore (sqlalchemy is optional, so no isinstance)
+                if hasattr(data_store, "on_abandoned") and hasattr(data_store, "on_skipped"):
                     data_store.on_abandoned = self._on_abandoned
                     data_store.on_skipped = self._on_skipped
                 self._executor.adopt = self._adopt_job
@@ -655,7 +667,7 @@ class TaskScheduler:
                 pass  # the task group reports the same failure we are raising
             raise
         if not self._store.persistent:
-            declared = [spec.id for spec in self._specs.values() if spec.declared]
+            declared = [job_id for job_id, job in self._jobs.items() if job.spec.declared]
             lock = warn_about_siblings(declared)
             if lock is not None:
                 stack.callback(lock.release)
@@ -663,24 +675,23 @@ class TaskScheduler:
         self._task_group = task_group
         self._started_at = _utcnow()
         self._state = "running"
-        logger.info("task scheduler started with %d job(s)", len(self._specs))
+        logger.info("task scheduler started with %d job(s)", len(self._jobs))
 
     def _adopt_job(self, job: Job) -> JobRuntime | None:
         """Take over a job another process added at run time, from its fire's metadata."""
         data = stored_definition(job)
-        if data is None or job.task_id in self._specs:
+        if data is None or job.task_id in self._jobs:
             return None
         try:
             spec = spec_from_definition(job.task_id, data, self._tz, paused=False)
         except Exception as exc:
             logger.error("job %r from the store cannot be loaded here: %s", job.task_id, exc)
             return None
-        self._specs[spec.id] = spec
         return self._executor.register(spec)
 
     async def _on_abandoned(self, job: Job) -> None:
         """Record a run a dead process left unfinished, and retry it if the job has retries."""
-        runtime = self._executor.jobs.get(job.task_id)
+        runtime = self._jobs.get(job.task_id)
         if runtime is None:
             return
         self._executor.record_abandoned(runtime, job)
@@ -692,12 +703,12 @@ class TaskScheduler:
 
     def _on_skipped(self, job: Job, running: int) -> None:
         """Record a fire this process found at max_instances across all processes."""
-        runtime = self._executor.jobs.get(job.task_id)
+        runtime = self._jobs.get(job.task_id)
         if runtime is not None:
             self._executor.record_skipped(runtime, job, running)
 
     async def _release_claims(self, engine: AsyncScheduler) -> None:
-        """After a clean stop, give back the schedules the engine still claims (SQL stores)."""
+        """After a clean stop, give back what the engine still claims (SQL stores)."""
         release = getattr(engine.data_store, "release_claims", None)
         if release is None:
             return
@@ -708,7 +719,7 @@ class TaskScheduler:
             logger.warning("could not give back claimed schedules at shutdown: %s", exc)
         else:
             if count:
-                logger.info("gave back %d claimed schedule(s) at shutdown", count)
+                logger.info("gave back %d claimed schedule(s) and unstarted job(s)", count)
 
     async def _close_hooks(self) -> None:
         send, self._hook_send = self._hook_send, None
@@ -717,13 +728,21 @@ class TaskScheduler:
 
     async def _install_all(self, engine: AsyncScheduler) -> None:
         if not self._store.persistent:
+            await engine.configure_task(
+                MEMORY_TASK_ID,
+                func=run_by_executor,
+                job_executor=EXECUTOR_NAME,
+                max_running_jobs=None,  # max_instances is ours, per job (trap 7)
+                misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
+            )
             now = _utcnow()
-            for spec in list(self._specs.values()):
+            for spec in [job.spec for job in self._jobs.values()]:
                 await self._install(engine, spec, now, allow_past=False)
             return
-        for spec in self._specs.values():
+        specs = {job_id: job.spec for job_id, job in self._jobs.items()}
+        for spec in specs.values():
             check_storable(spec, self._serializer, resolve=True)
-        todo = plan(self._specs, list(await engine.get_schedules()))
+        todo = plan(specs, list(await engine.get_schedules()))
         for spec in todo.create:
             # do_nothing: several processes starting at once each try to create it.
             await self._install(
@@ -757,7 +776,6 @@ class TaskScheduler:
         except Exception as exc:
             logger.error("stored job %r cannot be loaded, it will not run here: %s", job_id, exc)
             return None
-        self._specs[job_id] = spec
         self._executor.register(spec)
         await self._configure_task(engine, spec)
         return spec
@@ -892,6 +910,12 @@ class TaskScheduler:
             self._drained = anyio.Event()
             self._state = "stopping"
             try:
+                if self._engine is not None:
+                    # A shared store's fires go to the other processes (or wait for the
+                    # next start) rather than being taken here only to be cancelled.
+                    stop_taking = getattr(self._engine.data_store, "stop_taking_jobs", None)
+                    if stop_taking is not None:
+                        stop_taking()
                 self._executor.begin_drain()
                 timeout = self.config.shutdown_timeout
                 if not await self._executor.wait_idle(timeout):

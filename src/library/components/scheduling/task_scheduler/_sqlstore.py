@@ -78,6 +78,7 @@ class SQLStore(SQLAlchemyDataStore):
     """APScheduler's SQL data store, safe to start concurrently and to stop cleanly."""
 
     _claiming: bool = attrs.field(init=False, default=True)
+    _taking_jobs: bool = attrs.field(init=False, default=True)
     _in_hand: int = attrs.field(init=False, default=0)
     """Schedule batches acquired and not yet released."""
     _released: anyio.Event | None = attrs.field(init=False, default=None)
@@ -229,9 +230,19 @@ class SQLStore(SQLAlchemyDataStore):
             with anyio.CancelScope(shield=True):
                 await conn.invalidate()  # closes the session, and with it the lock
 
+    def stop_taking_jobs(self) -> None:
+        """Acquire no more jobs: this process is draining, and would only cancel them.
+
+        Fires enqueued from now on stay queued for the other processes (or, alone, for the
+        next start), instead of being recorded ``cancelled`` here and lost.
+        """
+        self._taking_jobs = False
+
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int | None = None
     ) -> list[Job]:
+        if not self._taking_jobs:
+            return []
         if self._identity is None:
             await self._announce(scheduler_id)
         await self._sweep()

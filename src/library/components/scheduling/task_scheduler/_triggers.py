@@ -57,6 +57,11 @@ class TriggerSpec(ABC):
     def info(self) -> TriggerInfo:
         """The spec as users see it."""
 
+    def shared(self) -> TriggerSpec:
+        """An equal spec that other jobs may hold too (specs are never changed once made),
+        or this one."""
+        return self
+
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data that :func:`spec_from_dict` turns back into an equal spec."""
@@ -88,6 +93,18 @@ def describe_interval(interval: timedelta) -> str:
     return "Every " + " ".join(parts)
 
 
+SHARED_SPECS_MAX = 1024
+"""At most this many distinct interval specs are shared between jobs; more are kept apart."""
+_shared_intervals: dict[tuple[object, ...], IntervalSpec] = {}
+"""Shared interval specs, by everything that makes them differ."""
+
+
+def _moment(value: datetime | None) -> tuple[object, ...]:
+    """What tells two datetimes apart in every output: ``==`` compares instants (or, in one
+    zone, wall times), but the zone and fold also decide how a datetime is shown."""
+    return () if value is None else (value, value.tzinfo, value.fold)
+
+
 class IntervalSpec(TriggerSpec):
     """Fires every ``interval``; the first fire is one interval after start, unless ``start``."""
 
@@ -106,9 +123,13 @@ class IntervalSpec(TriggerSpec):
         tz: ZoneInfo,
     ) -> None:
         super().__init__(tz, start, end)
-        given = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes}
-        given["seconds"] = seconds
-        for unit, value in given.items():
+        for unit, value in (
+            ("weeks", weeks), ("days", days), ("hours", hours), ("minutes", minutes),
+            ("seconds", seconds),
+        ):  # fmt: skip
+            kind = type(value)
+            if (kind is int or kind is float) and value >= 0:
+                continue  # the common case, without the isinstance checks below
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"interval {unit} must be a number >= 0, got {value!r}")
         self.interval = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
@@ -117,6 +138,18 @@ class IntervalSpec(TriggerSpec):
             raise ValueError(
                 "interval must be positive: give weeks, days, hours, minutes or seconds > 0"
             )
+
+    def shared(self) -> IntervalSpec:
+        # Jobs with equal intervals (the common case: many jobs, few distinct intervals)
+        # hold one spec: 112 B less per job (issue #7). Bounded, so that distinct starts
+        # cannot grow the table without end.
+        key = (self.interval, self.tz, _moment(self.start), _moment(self.end))
+        spec = _shared_intervals.get(key)
+        if spec is None:
+            if len(_shared_intervals) >= SHARED_SPECS_MAX:
+                return self
+            _shared_intervals[key] = spec = self
+        return spec
 
     def first_fire(self, now: datetime) -> datetime:
         if self.start is None:
