@@ -357,3 +357,40 @@ async def test_max_instances_is_a_limit_across_processes(pg_url: str) -> None:
         run for run in runs if run.outcome is not None and run.outcome.value == "skipped"
     )
     assert "max_instances is 1" in (skipped.error_message or "")
+
+
+async def tick_job() -> None:
+    pass
+
+
+async def slow_job() -> None:
+    await anyio.sleep(2)
+
+
+async def test_a_draining_process_leaves_new_fires_to_the_others(pg_url: str) -> None:
+    """It used to take them only to record them ``cancelled``: lost for every process."""
+
+    def build() -> TaskScheduler:
+        scheduler = TaskScheduler(SchedulerConfig(store=pg_url, shutdown_timeout=5))
+        scheduler.interval(seconds=0.2, id="tick")(tick_job)
+        scheduler.interval(hours=1, id="slow")(slow_job)
+        return scheduler
+
+    draining, other = build(), build()
+    async with other:
+        await draining.start()
+        await anyio.sleep(0.5)
+        await draining.run_job("slow", wait=False)
+        began = now()
+        await draining.shutdown()  # waits ~2 s for "slow" to end
+        ended = now()
+    mine = await draining.get_runs("tick", limit=1000)
+    assert [
+        run for run in mine if run.outcome is not None and run.outcome.value == "cancelled"
+    ] == []
+    theirs = [
+        run
+        for run in await other.get_runs("tick", limit=1000)
+        if began < run.scheduled_at < ended and run.outcome is not None
+    ]
+    assert len(theirs) >= 5 and {run.outcome.value for run in theirs} == {"success"}
