@@ -55,3 +55,10 @@ def bench(session: nox.Session) -> None:
         session.run("python", "-m", "venv", str(aps3))
     session.run(str(python), "-m", "pip", "install", "-q", "apscheduler>=3.11,<4", external=True)
     session.run("python", "bench/run.py", "--aps3-python", str(python), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_pg(session: nox.Session) -> None:
+    """PostgreSQL, 1 and 3 processes (needs a server): ``nox -s bench_pg [-- --quick]``."""
+    session.install("-e", ".[postgres]")
+    session.run("python", "bench/pg.py", *session.posargs)

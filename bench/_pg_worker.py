@@ -1,0 +1,117 @@
+"""One process of the PostgreSQL benchmark: a TaskScheduler on a shared store (one measurement).
+
+Run by ``pg.py`` as ``python bench/_pg_worker.py '<json params>'``, once per process of a cell.
+Params: ``store`` (the postgresql:// URL, with its fresh ``?schema=``), ``t0`` (the wall-clock
+second every schedule starts at), ``n`` (interval schedules of 1 s), ``warmup``, ``window`` and
+``tail`` (seconds). Each process declares the same ``n`` schedules and starts; then it prints
+``ready`` and reads from stdin when the measuring window opens (a whole second, once every
+process of the cell is ready), runs until ``tail`` seconds after the window and stops by itself.
+Every run appends its job id, its scheduled fire time (from ``apscheduler.current_job``) and its
+start time; the CPU time of the process is read at both ends of the window. The scheduler's run
+history is checked against those records. The result is the last line on stdout, as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from _common import BOUNDARY_LEAD, seconds_until, worker_main
+from apscheduler import current_job
+
+try:
+    from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler
+except ImportError:  # a source checkout that is not installed: use its src/ directly
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler
+
+RUNS: list[tuple[str, float, float]] = []
+"""(job id, scheduled fire time, start time) of every run in this process, appended by job."""
+
+HISTORY_MARGIN = 10
+"""Runs kept per job beyond the seconds from the window's opening to the end: the scheduler's
+history then holds every fire from the window on."""
+
+
+async def job() -> None:
+    """The job every schedule runs: note which fire of which job started, and when."""
+    started = time.time()
+    fire = current_job.get().scheduled_fire_time
+    RUNS.append((current_job.get().task_id, fire.timestamp() if fire else math.nan, started))
+
+
+def utc(wall: float) -> datetime:
+    return datetime.fromtimestamp(wall, timezone.utc)
+
+
+async def history_check(scheduler: TaskScheduler, n: int, since: float) -> dict[str, Any]:
+    """Compare the scheduler's run history from ``since`` on with what the job itself saw, and
+    count the outcomes of those fires."""
+    outcomes: Counter[str] = Counter()
+    history: set[tuple[str, float]] = set()
+    for index in range(n):
+        for run in await scheduler.get_runs(f"j{index}"):
+            fire = run.scheduled_at.timestamp()
+            if fire < since:
+                continue
+            outcomes[run.outcome.value if run.outcome else "in progress"] += 1
+            if run.started_at is not None:
+                history.add((run.job_id, fire))
+    seen = {(job_id, fire) for job_id, fire, _ in RUNS if fire >= since}
+    return {"outcomes": dict(outcomes), "history_mismatches": len(history ^ seen)}
+
+
+async def measure_async(params: dict[str, Any]) -> dict[str, Any]:
+    n, t0 = params["n"], params["t0"]
+    warmup, window, tail = params["warmup"], params["window"], params["tail"]
+    history_size = warmup + window + tail + HISTORY_MARGIN
+    config = SchedulerConfig(store=params["store"], history_size=history_size)
+    scheduler = TaskScheduler(config)
+    for index in range(n):
+        scheduler.interval(seconds=1, start=utc(t0), id=f"j{index}")(job)
+    begin = time.time()
+    async with scheduler:
+        ready = time.time()
+        print("ready", flush=True)
+        window_open = float(await asyncio.to_thread(sys.stdin.readline))
+        window_close = window_open + window
+        await asyncio.sleep(seconds_until(window_open - BOUNDARY_LEAD))
+        cpu_first, wall_first = time.process_time(), time.time()
+        await asyncio.sleep(seconds_until(window_close - BOUNDARY_LEAD))
+        cpu_last, wall_last = time.process_time(), time.time()
+        await asyncio.sleep(seconds_until(window_close + tail))
+        stopping = time.time()
+    stopped = time.time()
+    return {
+        "pid": os.getpid(),
+        "start_s": ready - begin,
+        "ready_at": ready,
+        "stop_s": stopped - stopping,
+        "window_first": {"cpu": cpu_first, "wall": wall_first},
+        "window_last": {"cpu": cpu_last, "wall": wall_last},
+        **(await history_check(scheduler, n, window_open)),
+        "runs": RUNS,
+    }
+
+
+def measure(params: dict[str, Any]) -> dict[str, Any]:
+    # Warnings and errors of the library go to stderr, where pg.py counts them.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Plain asyncio, as under uvicorn (the SQL store is asyncio-only).
+    result = asyncio.run(measure_async(params))
+    result["task_scheduler_from"] = sys.modules[TaskScheduler.__module__].__file__
+    return result
+
+
+if __name__ == "__main__":
+    worker_main(
+        measure, ["apscheduler", "anyio", "sqlalchemy", "asyncpg", "fastapi-task-scheduler"]
+    )
