@@ -139,6 +139,11 @@ class SQLStore(SQLAlchemyDataStore):
             return
         fired, tasks = self._t_fired, self._t_tasks
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+
+        def task_column(column: Any) -> Any:
+            return select(column).where(tasks.c.id == job.task_id).scalar_subquery()
+
+        # One statement: the ledger row, and the task's running count and limit.
         record_fire = (
             dialect.insert(fired)
             .values(
@@ -146,16 +151,18 @@ class SQLStore(SQLAlchemyDataStore):
                 fire_time=self._fire_time_value(job.scheduled_fire_time),
             )
             .on_conflict_do_nothing()
-            .returning(fired.c.schedule_id)
+            .returning(
+                task_column(tasks.c.running_jobs).label("running"),
+                task_column(tasks.c.max_running_jobs).label("limit"),
+            )
         )
-        slots = select(tasks.c.running_jobs, tasks.c.max_running_jobs).where(
-            tasks.c.id == job.task_id
-        )
+        backlog = job.schedule_id in self._enqueued
         running: int | None = None
         async for attempt in self._retry():
             with attempt:
                 async with self._begin_transaction() as conn:
-                    if (await self._execute(conn, record_fire)).first() is None:
+                    task = (await self._execute(conn, record_fire)).first()
+                    if task is None:
                         logger.info(
                             "fire of %r at %s was enqueued before, by a process that stopped "
                             "before it advanced the schedule: not enqueued again",
@@ -163,13 +170,9 @@ class SQLStore(SQLAlchemyDataStore):
                             job.scheduled_fire_time.isoformat(),
                         )
                         return
-                    task = None
-                    if job.schedule_id not in self._enqueued:
-                        task = (await self._execute(conn, slots)).first()
                     running = None
-                    if task is not None and task.max_running_jobs is not None:
-                        if task.running_jobs >= task.max_running_jobs:
-                            running = task.running_jobs
+                    if not backlog and task.limit is not None and task.running >= task.limit:
+                        running = task.running
                     if running is None:
                         insert = self._t_jobs.insert().values(**job.marshal(self.serializer))
                         await self._execute(conn, insert)
@@ -270,8 +273,12 @@ class SQLStore(SQLAlchemyDataStore):
         # 4.0.0a6 decrements the task's running count on every release: also for a job that
         # was never acquired, or that a sweep (or a peer's cleanup) already released - the
         # count drifts and the task's slots leak or multiply (#1110). Give a slot back only
-        # when this release removed a job that held one.
+        # when this release removed a job that held one (decrement_running_job_count, the
+        # caller's guess, is not needed). Otherwise as 4.0.0a6's.
         jobs_table, tasks_table = self._t_jobs, self._t_tasks
+        if result.expires_at > result.finished_at:
+            insert = self._t_job_results.insert().values(**result.marshal(self.serializer))
+            await self._execute(conn, insert)
         deleted = await self._execute(
             conn,
             jobs_table.delete()
@@ -286,16 +293,9 @@ class SQLStore(SQLAlchemyDataStore):
                 .values(running_jobs=tasks_table.c.running_jobs - 1)
                 .where(tasks_table.c.id == task_id, tasks_table.c.running_jobs > 0),
             )
-        event: JobReleased = await super()._release_job(
-            conn,
-            result,
-            scheduler_id,
-            task_id,
-            schedule_id,
-            scheduled_fire_time,
-            decrement_running_job_count=False,
+        return JobReleased.from_result(
+            result, scheduler_id, task_id, schedule_id, scheduled_fire_time
         )
-        return event
 
     async def cleanup(self) -> None:
         self._next_sweep = 0.0
