@@ -75,7 +75,9 @@ _HOLDER_GONE = text(
 
 @attrs.define(eq=False, repr=False)
 class SQLStore(SQLAlchemyDataStore):
-    """APScheduler's SQL data store, safe to start concurrently and to stop cleanly."""
+    """APScheduler's SQL data store, safe for several processes: concurrent first starts,
+    each fire enqueued once, max_instances across processes with exact running counts, dead
+    processes noticed at once, and clean stops."""
 
     _claiming: bool = attrs.field(init=False, default=True)
     _taking_jobs: bool = attrs.field(init=False, default=True)
