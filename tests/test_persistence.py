@@ -49,12 +49,9 @@ async def greet(name: str, *, punctuation: str = "!") -> None:
     CALLS.append(f"hello {name}{punctuation}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+@pytest.fixture
+def store(sql_url: str) -> str:
+    return sql_url
 
 
 def scheduler_for(store: str, **job: object) -> TaskScheduler:

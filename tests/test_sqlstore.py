@@ -9,11 +9,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import anyio
+import attrs
 import pytest
 from apscheduler import (
     CoalescePolicy,
@@ -27,9 +27,11 @@ from apscheduler import (
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
 
-from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler
+from library.components.scheduling.task_scheduler import Outcome, SchedulerConfig, TaskScheduler
+from library.components.scheduling.task_scheduler._engine import EXECUTOR_NAME
 from library.components.scheduling.task_scheduler._sqlstore import SQLStore
 from library.components.scheduling.task_scheduler._stores import open_backend, parse_store_url
+from library.components.scheduling.task_scheduler.testing import wait_for_runs
 
 pytestmark = pytest.mark.anyio
 
@@ -42,12 +44,9 @@ def anyio_backend() -> str:
     return "asyncio"  # APScheduler's SQL store is asyncio-only
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db"
-    pg: str = request.getfixturevalue("pg_url")
-    return pg
+@pytest.fixture
+def url(sql_url: str) -> str:
+    return sql_url
 
 
 @asynccontextmanager
@@ -394,3 +393,32 @@ async def test_a_draining_process_leaves_new_fires_to_the_others(pg_url: str) ->
         if began < run.scheduled_at < ended and run.outcome is not None
     ]
     assert len(theirs) >= 5 and {run.outcome.value for run in theirs} == {"success"}
+
+
+PAUSED_CALLS: list[str] = []
+
+
+async def paused_job() -> None:
+    PAUSED_CALLS.append("ran")
+
+
+async def test_a_fire_queued_before_a_pause_does_not_run_after_a_restart(url: str) -> None:
+    """A stopping process leaves a fire queued; the job is paused before the next start."""
+    PAUSED_CALLS.clear()
+
+    def build() -> TaskScheduler:
+        scheduler = TaskScheduler(SchedulerConfig(store=url))
+        scheduler.interval(hours=1, id="paused")(paused_job)
+        return scheduler
+
+    first = build()
+    async with first:
+        await first.pause_job("paused")
+    async with open_store(url) as store:
+        left = fire("paused")  # the fire the stopping process left queued
+        await store.add_job(attrs.evolve(left, executor=EXECUTOR_NAME))
+    second = build()
+    async with second:
+        (run,) = await wait_for_runs(second, "paused", outcome=Outcome.skipped)
+    assert PAUSED_CALLS == []
+    assert run.error_message == "the job was paused"

@@ -294,8 +294,15 @@ class TaskExecutor(JobExecutor):
         fire_time: datetime | None = job.scheduled_fire_time
         if fire_time is None:
             return  # not ours: we never queue unscheduled jobs
-        record = RunRecord(next(self._seq), runtime.spec.id, 1, fire_time)
-        options = runtime.spec.options
+        spec = runtime.spec
+        record = RunRecord(next(self._seq), spec.id, 1, fire_time)
+        if spec.paused:
+            # Enqueued before the job was paused: on a shared store it can wait in the queue
+            # (a stopping process leaves it there) until after a restart. No run starts.
+            record.finished_at = _now()
+            self._finish(runtime, record, Outcome.skipped, None, "the job was paused")
+            return
+        options = spec.options
         grace = options.misfire_grace_time
         if grace is not None and self._missed(runtime, record, grace):
             return
