@@ -22,6 +22,7 @@ from apscheduler import (
     JobOutcome,
     JobResult,
     Schedule,
+    ScheduleUpdated,
     Task,
 )
 from apscheduler.triggers.interval import IntervalTrigger
@@ -275,15 +276,40 @@ async def test_a_live_process_keeps_its_jobs_until_its_lease_ends(pg_url: str) -
 async def test_schedules_claimed_by_a_process_that_is_gone_are_freed_at_once(
     pg_url: str,
 ) -> None:
+    """Freed with an event that carries the schedule's due time: 4.0.0a6's schedule loop
+    ignores a ScheduleUpdated without one, and its peers slept until the lease ran out."""
+    updates: list[ScheduleUpdated] = []
+    got_one = anyio.Event()
+
+    def on_update(event: Any) -> None:
+        updates.append(event)
+        got_one.set()
+
     async with open_store(pg_url) as survivor:
         await add_task(survivor, limit=None)
         await add_schedule(survivor)
         async with open_store(pg_url) as dying:
             assert len(await dying.acquire_schedules("dying", LEASE, 10)) == 1
-            await dying._drop_liveness()
-            survivor._next_sweep = 0.0
-            claimed = await survivor.acquire_schedules("survivor", LEASE, 10)
+            with survivor._event_broker.subscribe(on_update, {ScheduleUpdated}):
+                await dying._drop_liveness()
+                survivor._next_sweep = 0.0
+                claimed = await survivor.acquire_schedules("survivor", LEASE, 10)
+                with anyio.fail_after(5):
+                    await got_one.wait()
     assert [schedule.id for schedule in claimed] == ["t"]
+    assert updates[0].schedule_id == "t" and updates[0].next_fire_time is not None
+
+
+async def test_peers_wake_within_a_sweep_while_another_process_holds_a_claim(
+    pg_url: str,
+) -> None:
+    """4.0.0a6 sleeps until the claim's lease runs out (10 s here, 30 s stock)."""
+    async with open_store(pg_url) as survivor, open_store(pg_url) as other:
+        await add_task(survivor, limit=None)
+        await add_schedule(survivor)
+        assert await other.acquire_schedules("other", LEASE, 10)
+        wake = await survivor.get_next_schedule_run_time()
+    assert wake is not None and wake <= now() + timedelta(seconds=1.5)
 
 
 async def test_a_job_still_running_here_is_not_taken_again_after_a_blocked_loop(

@@ -334,12 +334,16 @@ class SQLStore(SQLAlchemyDataStore):
                 table.update()
                 .where(table.c.acquired_by.is_not(None), _HOLDER_GONE)
                 .values(acquired_by=None, acquired_until=None)
-                .returning(table.c.id, table.c.task_id),
+                .returning(table.c.id, table.c.task_id, table.c.next_fire_time),
             )
             rows = freed.all()
         for row in rows:
+            # With its next fire time: 4.0.0a6's schedule loop wakes only for an event whose
+            # time is earlier than the one it sleeps until.
             await self._event_broker.publish(
-                ScheduleUpdated(schedule_id=row.id, task_id=row.task_id, next_fire_time=None)
+                ScheduleUpdated(
+                    schedule_id=row.id, task_id=row.task_id, next_fire_time=row.next_fire_time
+                )
             )
 
     async def _sweep_abandoned_jobs(self) -> None:
@@ -414,7 +418,9 @@ class SQLStore(SQLAlchemyDataStore):
             return wake  # SQLite: one process, nobody else claims anything
         # 4.0.0a6 only looks at unclaimed schedules: those a dead process claimed stay
         # invisible, and with sparse schedules survivors may sleep past their lease for
-        # good. Also wake when the earliest claim on a due schedule runs out.
+        # good. While another process holds a claim on a due schedule, wake when it runs
+        # out, and at least every SWEEP_INTERVAL: the sweep frees it at once if that
+        # process is gone (claims of live processes last one batch).
         table = self._t_schedules
         query = select(func.min(table.c.acquired_until)).where(
             table.c.acquired_by.is_not(None),
@@ -423,9 +429,11 @@ class SQLStore(SQLAlchemyDataStore):
         )
         async with self._begin_transaction() as conn:
             claim_ends = (await self._execute(conn, query)).scalar()
-        if claim_ends is not None and (wake is None or claim_ends < wake):
-            return claim_ends  # type: ignore[no-any-return]
-        return wake
+        if claim_ends is None:
+            return wake
+        soon = datetime.now(timezone.utc) + timedelta(seconds=SWEEP_INTERVAL)
+        earliest: datetime = min(claim_ends, soon)
+        return earliest if wake is None or earliest < wake else wake
 
     async def acquire_schedules(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
