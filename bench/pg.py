@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 from _common import BOUNDARY_LEAD, aligned_start, percentile, seconds_until
-from run import busy_cpu_seconds, git_info, log, machine_info, median_of
+from run import busy_cpu_seconds, git_info, log, machine_info, median_of, write_report
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -536,10 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "table_markdown": table,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".tmp")
-    partial.write_text(json.dumps(report, indent=2) + "\n")
-    partial.replace(args.out)
+    write_report(args.out, report)
     print(f"Machine: {machine_line(machine, results)}")
     print(f"Other processes' CPU during the windows: {background(results)}\n")
     print(table)

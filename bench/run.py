@@ -485,6 +485,14 @@ def environments(suite: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- main
 
 
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write the JSON report whole or not at all (a run cut short leaves the last one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="~2 minutes: smaller and shorter")
@@ -532,10 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         **suite,
         "table_markdown": table,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".tmp")
-    partial.write_text(json.dumps(report, indent=2) + "\n")
-    partial.replace(args.out)
+    write_report(args.out, report)
     print(f"Machine: {machine_line(machine, envs)}")
     print(f"Other processes' CPU during the cells: {background(suite)}\n")
     print(table)

@@ -172,10 +172,10 @@ class SQLStore(SQLAlchemyDataStore):
                             job.scheduled_fire_time.isoformat(),
                         )
                         return
-                    running = None
                     if not backlog and task.limit is not None and task.running >= task.limit:
                         running = task.running
-                    if running is None:
+                    else:
+                        running = None
                         insert = self._t_jobs.insert().values(**job.marshal(self.serializer))
                         await self._execute(conn, insert)
         if running is not None:
@@ -277,7 +277,7 @@ class SQLStore(SQLAlchemyDataStore):
         # count drifts and the task's slots leak or multiply (#1110). Give a slot back only
         # when this release removed a job that held one (decrement_running_job_count, the
         # caller's guess, is not needed). Otherwise as 4.0.0a6's.
-        jobs_table, tasks_table = self._t_jobs, self._t_tasks
+        jobs_table = self._t_jobs
         if result.expires_at > result.finished_at:
             insert = self._t_job_results.insert().values(**result.marshal(self.serializer))
             await self._execute(conn, insert)
@@ -289,14 +289,19 @@ class SQLStore(SQLAlchemyDataStore):
         )
         row = deleted.first()
         if row is not None and row.acquired_by is not None:
-            await self._execute(
-                conn,
-                tasks_table.update()
-                .values(running_jobs=tasks_table.c.running_jobs - 1)
-                .where(tasks_table.c.id == task_id, tasks_table.c.running_jobs > 0),
-            )
+            await self._give_back_slot(conn, task_id)
         return JobReleased.from_result(
             result, scheduler_id, task_id, schedule_id, scheduled_fire_time
+        )
+
+    async def _give_back_slot(self, conn: Any, task_id: str) -> None:
+        """One running slot of ``task_id`` is free again (never below zero)."""
+        tasks = self._t_tasks
+        await self._execute(
+            conn,
+            tasks.update()
+            .values(running_jobs=tasks.c.running_jobs - 1)
+            .where(tasks.c.id == task_id, tasks.c.running_jobs > 0),
         )
 
     async def cleanup(self) -> None:
@@ -361,7 +366,7 @@ class SQLStore(SQLAlchemyDataStore):
         running job, ran it twice, then crashed with KeyError. A job this process still
         runs is never abandoned: its lease is renewed instead.
         """
-        jobs_table, tasks_table = self._t_jobs, self._t_tasks
+        jobs_table = self._t_jobs
         now = datetime.now(timezone.utc)
         horizon = now + timedelta(seconds=SWEEP_MARGIN)
         async with self._begin_transaction() as conn:
@@ -395,12 +400,7 @@ class SQLStore(SQLAlchemyDataStore):
                 )
                 if deleted.first() is None:
                     continue  # its holder released it after all, or a peer swept it
-                await self._execute(
-                    conn,
-                    tasks_table.update()
-                    .values(running_jobs=tasks_table.c.running_jobs - 1)
-                    .where(tasks_table.c.id == job.task_id, tasks_table.c.running_jobs > 0),
-                )
+                await self._give_back_slot(conn, job.task_id)
             result = JobResult.from_job(
                 job, JobOutcome.abandoned, finished_at=datetime.now(timezone.utc)
             )
@@ -525,7 +525,7 @@ class SQLStore(SQLAlchemyDataStore):
         started: they held their tasks' running slots until swept, and then counted as
         ``abandoned``. They go back to the queue for the others. Peers are woken by events.
         """
-        jobs_table, tasks_table = self._t_jobs, self._t_tasks
+        jobs_table = self._t_jobs
         async with self._begin_transaction() as conn:
             unstarted = await self._execute(
                 conn,
@@ -536,12 +536,7 @@ class SQLStore(SQLAlchemyDataStore):
             )
             returned = unstarted.all()
             for row in returned:
-                await self._execute(
-                    conn,
-                    tasks_table.update()
-                    .values(running_jobs=tasks_table.c.running_jobs - 1)
-                    .where(tasks_table.c.id == row.task_id, tasks_table.c.running_jobs > 0),
-                )
+                await self._give_back_slot(conn, row.task_id)
         self._mine.clear()
         for row in returned:
             await self._event_broker.publish(
