@@ -24,7 +24,7 @@ from apscheduler import (
 from apscheduler.eventbrokers.local import LocalEventBroker
 from apscheduler.triggers.interval import IntervalTrigger
 
-from library.components.scheduling.task_scheduler._broker import LeanEventBroker
+from library.components.scheduling.task_scheduler._aps.broker import LeanEventBroker
 
 pytestmark = pytest.mark.anyio
 

@@ -31,9 +31,9 @@ from apscheduler.eventbrokers.local import LocalEventBroker
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from library.components.scheduling.task_scheduler import _pin
-from library.components.scheduling.task_scheduler._broker import LeanEventBroker
-from library.components.scheduling.task_scheduler._engine import (
+from library.components.scheduling.task_scheduler._aps import pin as _pin
+from library.components.scheduling.task_scheduler._aps.broker import LeanEventBroker
+from library.components.scheduling.task_scheduler._aps.engine import (
     _FAST_JOBS,
     EXECUTOR_NAME,
     MemoryEngine,
@@ -42,8 +42,9 @@ from library.components.scheduling.task_scheduler._engine import (
     make_engine,
     new_job,
 )
+from library.components.scheduling.task_scheduler._aps.memstore import MemoryStore
 from library.components.scheduling.task_scheduler._executor import TaskExecutor
-from library.components.scheduling.task_scheduler._memstore import MemoryStore
+from library.components.scheduling.task_scheduler._registry import JobRegistry
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -123,7 +124,7 @@ def interval(seconds: float, start: datetime | None = None, **kwargs: Any) -> In
 
 
 def test_memory_store_gets_the_memory_engine_and_the_lean_broker() -> None:
-    executor = TaskExecutor(tz=timezone.utc, history_size=5, thread_limit=2)  # type: ignore[arg-type]
+    executor = make_executor()
     built = make_engine(
         data_store=MemoryStore(),
         event_broker=LocalEventBroker(),
@@ -145,7 +146,9 @@ def test_another_broker_is_kept_with_the_memory_store() -> None:
     built = make_engine(
         data_store=MemoryStore(),
         event_broker=broker,
-        executor=TaskExecutor(tz=timezone.utc, history_size=5, thread_limit=2),  # type: ignore[arg-type]
+        executor=TaskExecutor(
+            registry=JobRegistry(), tz=timezone.utc, history_size=5, thread_limit=2
+        ),  # type: ignore[arg-type]
         identity="me",
         max_concurrent_jobs=7,
     )
@@ -157,12 +160,18 @@ def test_other_stores_get_the_stock_engine_as_given() -> None:
     built = make_engine(
         data_store=store,
         event_broker=broker,
-        executor=TaskExecutor(tz=timezone.utc, history_size=5, thread_limit=2),  # type: ignore[arg-type]
+        executor=TaskExecutor(
+            registry=JobRegistry(), tz=timezone.utc, history_size=5, thread_limit=2
+        ),  # type: ignore[arg-type]
         identity="me",
         max_concurrent_jobs=7,
     )
     assert type(built) is AsyncScheduler
     assert built.data_store is store and built.event_broker is broker
+
+
+def make_executor() -> TaskExecutor:
+    return TaskExecutor(registry=JobRegistry(), tz=timezone.utc, history_size=5, thread_limit=2)  # type: ignore[arg-type]
 
 
 def test_the_engine_version_is_pinned(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -474,7 +474,7 @@ async def test_a_thousand_failing_runs_leave_the_scheduler_healthy(anyio_backend
             info = await scheduler.get_job("f")
             await wait_for_runs(scheduler, "other", 2)
             status = await scheduler.get_status()
-            runtime = scheduler._executor.jobs["f"]
+            runtime = scheduler._registry.by_id["f"]
     finally:
         logging.getLogger(LOGGER).setLevel(logging.NOTSET)
     assert info.counts.error == 1000
@@ -547,13 +547,13 @@ async def test_memory_stays_flat_over_many_runs(anyio_backend: str) -> None:
 async def test_idle_jobs_share_their_empty_state_until_their_first_run(
     anyio_backend: str,
 ) -> None:
-    # Issue #7: an idle job costs one small object; its containers come at the first write,
-    # and the shared empties are never written to.
+    # Memory per idle schedule: an idle job costs one small object; its containers come at
+    # the first write, and the shared empties are never written to.
     scheduler = TaskScheduler()
     async with scheduler:
         await scheduler.add_cron_job(lambda: None, "a", "0 3 * * *")
         await scheduler.add_cron_job(lambda: None, "b", "0 3 * * *")
-        a, b = scheduler._executor.jobs["a"], scheduler._executor.jobs["b"]
+        a, b = scheduler._registry.by_id["a"], scheduler._registry.by_id["b"]
         assert a.active is b.active and a.counts is b.counts and a.history is None
         shared_active, shared_counts = a.active, a.counts
         await scheduler.run_job("a")

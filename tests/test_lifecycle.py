@@ -18,9 +18,9 @@ from library.components.scheduling.task_scheduler import (
     Outcome,
     SchedulerConfig,
     TaskScheduler,
-    _scheduler,
+    _lifecycle,
 )
-from library.components.scheduling.task_scheduler._memstore import MemoryStore
+from library.components.scheduling.task_scheduler._aps.memstore import MemoryStore
 from library.components.scheduling.task_scheduler.testing import wait_for_runs
 
 pytestmark = pytest.mark.anyio
@@ -190,8 +190,8 @@ async def test_request_stop_with_start_and_shutdown(anyio_backend: str) -> None:
 @pytest.fixture
 def fast_restarts(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """Make the store's acquire_schedules fail on demand, with restart delays of 10 ms."""
-    monkeypatch.setattr(_scheduler, "RESTART_DELAY_FIRST", 0.01)
-    monkeypatch.setattr(_scheduler, "RESTART_DELAY_MAX", 0.02)
+    monkeypatch.setattr(_lifecycle, "RESTART_DELAY_FIRST", 0.01)
+    monkeypatch.setattr(_lifecycle, "RESTART_DELAY_MAX", 0.02)
     control: dict[str, Any] = {"failures": 0}
     original = MemoryStore.acquire_schedules
 

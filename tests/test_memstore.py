@@ -37,8 +37,9 @@ from apscheduler.eventbrokers.local import LocalEventBroker
 from apscheduler.triggers.interval import IntervalTrigger
 
 from library.components.scheduling.task_scheduler import TaskScheduler
-from library.components.scheduling.task_scheduler._broker import LeanEventBroker
-from library.components.scheduling.task_scheduler._memstore import SHARED_EMPTY, MemoryStore
+from library.components.scheduling.task_scheduler._aps.broker import LeanEventBroker
+from library.components.scheduling.task_scheduler._aps.memstore import MemoryStore
+from library.components.scheduling.task_scheduler._shared import SHARED_EMPTY
 
 pytestmark = pytest.mark.anyio
 
@@ -157,7 +158,7 @@ async def test_removing_jobs_does_not_grow_memory(anyio_backend: str) -> None:
         for index in range(200):
             await scheduler.add_interval_job(job_, f"j{index}", hours=1)
             await scheduler.remove_job(f"j{index}")
-        engine = scheduler._engine
+        engine = scheduler._lifecycle.engine
         assert engine is not None
         store = engine.data_store
         assert isinstance(store, MemoryStore)
@@ -165,7 +166,7 @@ async def test_removing_jobs_does_not_grow_memory(anyio_backend: str) -> None:
         assert stats["schedules"] == stats["jobs"] == 0
         assert stats["tasks"] == 1  # the one task every job on the memory store shares
         assert stats["slots"] <= 65
-        assert scheduler._executor.jobs == {}
+        assert scheduler._registry.by_id == {}
 
 
 # ---------------------------------------------------------------------------- schedules

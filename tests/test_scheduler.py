@@ -85,7 +85,7 @@ def test_bad_options_fail_at_declaration_naming_the_value(
     scheduler = TaskScheduler()
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         scheduler.interval(seconds=5, id="j", **options)(noop)  # type: ignore[arg-type]
-    assert not scheduler._jobs
+    assert not scheduler._registry.by_id
 
 
 @pytest.mark.parametrize(
@@ -106,8 +106,10 @@ def test_bad_interval_fails_at_declaration(kwargs: dict[str, object], message: s
 
 
 def test_decorating_while_running_points_to_add_methods() -> None:
+    from library.components.scheduling.task_scheduler._lifecycle import Phase
+
     scheduler = TaskScheduler()
-    scheduler._state = "running"
+    scheduler._lifecycle.phase = Phase.running
     with pytest.raises(SchedulerStateError, match="add_interval_job"):
         scheduler.interval(seconds=1)(noop)
 
@@ -381,8 +383,8 @@ async def sample_job(x: int = 0) -> None:
 
 
 async def test_memory_store_jobs_share_one_engine_task(anyio_backend: str) -> None:
-    # Issue #7: on the memory store a job costs no engine task of its own; each fire still
-    # runs its own job's callable and options, found by the schedule id.
+    # Memory per idle schedule: on the memory store a job costs no engine task of its own;
+    # each fire still runs its own job's callable and options, found by the schedule id.
     scheduler = TaskScheduler()
     runs: list[str] = []
 
@@ -396,7 +398,7 @@ async def test_memory_store_jobs_share_one_engine_task(anyio_backend: str) -> No
         await wait_for_runs(scheduler, "b", 2)
         await scheduler.remove_job("a")
         await scheduler.add_interval_job(noop, "c", hours=1)
-        engine = scheduler._engine
+        engine = scheduler._lifecycle.engine
         assert engine is not None
         tasks = await engine.data_store.get_tasks()
         schedules = await engine.data_store.get_schedules()
@@ -414,7 +416,7 @@ async def test_persistent_store_jobs_keep_their_own_engine_task(
     scheduler.interval(hours=1, id="a", max_instances=2)(sample_job)
     async with scheduler:
         await scheduler.add_interval_job(sample_job, "b", hours=1)
-        engine = scheduler._engine
+        engine = scheduler._lifecycle.engine
         assert engine is not None
         tasks = {task.id: task for task in await engine.data_store.get_tasks()}
     assert set(tasks) == {"a", "b"}
@@ -422,13 +424,13 @@ async def test_persistent_store_jobs_keep_their_own_engine_task(
 
 
 def test_jobs_share_what_is_equal_across_them() -> None:
-    # Issue #7: no per-job copy of an empty kwargs dict, of the callable's name or of an
-    # equal interval.
+    # Memory per idle schedule: no per-job copy of an empty kwargs dict, of the callable's
+    # name or of an equal interval.
     scheduler = TaskScheduler()
     for index in range(3):
         scheduler.interval(hours=1, id=f"j{index}")(sample_job)
     scheduler.interval(hours=1, id="k", kwargs={"x": 1})(sample_job)
-    j0, j1, k = (scheduler._executor.jobs[key].spec for key in ("j0", "j1", "k"))
+    j0, j1, k = (scheduler._registry.by_id[key].spec for key in ("j0", "j1", "k"))
     assert j0.kwargs is j1.kwargs and j0.kwargs == {}
     assert k.kwargs == {"x": 1} and k.kwargs is not j0.kwargs
     assert j0.func_ref is j1.func_ref and j0.trigger is j1.trigger is k.trigger

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from uuid import UUID
 
 import anyio
 import attrs
@@ -29,9 +28,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
 
 from library.components.scheduling.task_scheduler import Outcome, SchedulerConfig, TaskScheduler
-from library.components.scheduling.task_scheduler._engine import EXECUTOR_NAME
-from library.components.scheduling.task_scheduler._sqlstore import SQLStore
-from library.components.scheduling.task_scheduler._stores import open_backend, parse_store_url
+from library.components.scheduling.task_scheduler._aps.engine import EXECUTOR_NAME
+from library.components.scheduling.task_scheduler._aps.sqlstore import SQLStore
+from library.components.scheduling.task_scheduler._aps.stores import open_sql_store
+from library.components.scheduling.task_scheduler._urls import parse_store_url
 from library.components.scheduling.task_scheduler.testing import wait_for_runs
 
 pytestmark = pytest.mark.anyio
@@ -50,11 +50,29 @@ def url(sql_url: str) -> str:
     return sql_url
 
 
+class Notices:
+    """What a store reports to the layer above (the executor, in the scheduler)."""
+
+    def __init__(self) -> None:
+        self.abandoned_jobs: list[Job] = []
+        self.skipped_fires: list[tuple[Job, int]] = []
+
+    def abandoned(self, job: Job) -> None:
+        self.abandoned_jobs.append(job)
+
+    def skipped(self, job: Job, running: int) -> None:
+        self.skipped_fires.append((job, running))
+
+
 @asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[SQLStore]:
+async def open_store(url: str, notices: Notices | None = None) -> AsyncIterator[SQLStore]:
     async with AsyncExitStack() as stack:
-        store, broker = await open_backend(
-            parse_store_url(url), None, connect_timeout=10, exit_stack=stack
+        store, broker = await open_sql_store(
+            parse_store_url(url),
+            None,
+            connect_timeout=10,
+            exit_stack=stack,
+            notices=notices or Notices(),
         )
         assert isinstance(store, SQLStore)
         await broker.start(stack, LOG)
@@ -158,9 +176,8 @@ async def test_the_ledger_forgets_fires_its_schedule_moved_past(url: str) -> Non
 
 async def test_a_fire_due_while_max_instances_run_anywhere_is_skipped(url: str) -> None:
     """Trap 7: the engine's per-task limit would queue it and run it late."""
-    skipped: list[tuple[Job, int]] = []
-    async with open_store(url) as store:
-        store.on_skipped = lambda job, running: skipped.append((job, running))
+    notices = Notices()
+    async with open_store(url, notices) as store:
         await add_task(store, limit=1)
         first = fire()
         await new_batch(store)
@@ -175,16 +192,15 @@ async def test_a_fire_due_while_max_instances_run_anywhere_is_skipped(url: str) 
         await new_batch(store)
         await store.add_job(after)
         queued = [job.id for job in await store.get_jobs()]
-    assert [(job.id, running) for job, running in skipped] == [(late.id, 1)]
+    assert [(job.id, running) for job, running in notices.skipped_fires] == [(late.id, 1)]
     assert queued == [after.id]
 
 
 async def test_a_backlog_enqueued_together_still_queues_behind_the_limit(url: str) -> None:
     """coalesce=False: the missed fires of one schedule, enqueued in one batch, all run one
     after another, even when a peer starts the first before the rest are enqueued."""
-    skipped: list[Job] = []
-    async with open_store(url) as store, open_store(url) as peer:
-        store.on_skipped = lambda job, running: skipped.append(job)
+    notices = Notices()
+    async with open_store(url, notices) as store, open_store(url) as peer:
         await add_task(store, limit=1)
         await new_batch(store)
         at = now().replace(microsecond=0) - timedelta(seconds=3)
@@ -192,11 +208,11 @@ async def test_a_backlog_enqueued_together_still_queues_behind_the_limit(url: st
         assert len(await acquire(peer, "peer")) == 1
         await store.add_job(fire(at=at + timedelta(seconds=1)))
         await store.add_job(fire(at=at + timedelta(seconds=2)))
-        assert (skipped, len(await store.get_jobs())) == ([], 3)
+        assert (notices.skipped_fires, len(await store.get_jobs())) == ([], 3)
         assert await acquire(peer, "peer") == [], "one at a time"
         await new_batch(store)  # the next batch: a new fire
         await store.add_job(late := fire(at=at + timedelta(seconds=3)))
-    assert [job.id for job in skipped] == [late.id]
+    assert [job.id for job, _ in notices.skipped_fires] == [late.id]
 
 
 async def test_a_running_slot_comes_back_exactly_once(url: str) -> None:
@@ -224,20 +240,15 @@ async def test_jobs_whose_lease_ran_out_are_abandoned_once_and_free_their_slot(
 ) -> None:
     """#1110: another process re-acquired such a job (running it twice) and the dead
     holder's slot was never given back."""
-    abandoned: list[Job] = []
-    async with open_store(url) as survivor, open_store(url) as dying:
+    notices = Notices()
+    async with open_store(url, notices) as survivor, open_store(url) as dying:
         await add_task(survivor, limit=1)
         await survivor.add_job(fire())
         [job] = await acquire(dying, "dying")
         await dying.extend_acquired_job_leases("dying", {job.id}, timedelta(seconds=-1))
-
-        async def record(found: Job) -> None:
-            abandoned.append(found)
-
-        survivor.on_abandoned = record
         assert await acquire(survivor, "survivor") == [], "not run a second time"
         assert await acquire(survivor, "survivor") == []
-        assert [found.id for found in abandoned] == [job.id]
+        assert [found.id for found in notices.abandoned_jobs] == [job.id]
         assert await running_jobs(survivor) == 0
         await survivor.add_job(fire(at=now() + timedelta(seconds=1)))
         assert len(await acquire(survivor, "survivor")) == 1, "the slot is free again"
@@ -245,32 +256,28 @@ async def test_jobs_whose_lease_ran_out_are_abandoned_once_and_free_their_slot(
 
 async def test_jobs_of_a_process_that_is_gone_are_abandoned_at_once(pg_url: str) -> None:
     """Its PostgreSQL session ended with it: no need to wait out its lease."""
-    abandoned: list[UUID] = []
-    async with open_store(pg_url) as survivor:
+    notices = Notices()
+    async with open_store(pg_url, notices) as survivor:
         await add_task(survivor, limit=1)
         await survivor.add_job(fire())
         async with open_store(pg_url) as dying:
             [job] = await acquire(dying, "dying")
             await dying._drop_liveness()  # as when the process is killed
             dying._mine.clear()
-
-            async def record(found: Job) -> None:
-                abandoned.append(found.id)
-
-            survivor.on_abandoned = record
             await acquire(survivor, "survivor")
-            assert abandoned == [job.id]
+            assert [found.id for found in notices.abandoned_jobs] == [job.id]
             assert await running_jobs(survivor) == 0
 
 
 async def test_a_live_process_keeps_its_jobs_until_its_lease_ends(pg_url: str) -> None:
-    async with open_store(pg_url) as survivor, open_store(pg_url) as other:
+    notices = Notices()
+    async with open_store(pg_url, notices) as survivor, open_store(pg_url) as other:
         await add_task(survivor, limit=1)
         await survivor.add_job(fire())
         assert len(await acquire(other, "other")) == 1
-        survivor.on_abandoned = pytest.fail  # type: ignore[assignment]
         assert await acquire(survivor, "survivor") == []
         assert (await survivor.get_jobs())[0].acquired_by == "other"
+    assert notices.abandoned_jobs == []
 
 
 async def test_schedules_claimed_by_a_process_that_is_gone_are_freed_at_once(
@@ -317,15 +324,15 @@ async def test_a_job_still_running_here_is_not_taken_again_after_a_blocked_loop(
 ) -> None:
     """#1116: with its loop blocked past the lease, a process re-acquired its own running
     job, ran it a second time, and crashed with KeyError when both ended."""
-    async with open_store(url) as store:
-        store.on_abandoned = pytest.fail  # type: ignore[assignment]
+    notices = Notices()
+    async with open_store(url, notices) as store:
         await add_task(store, limit=2)
         await store.add_job(fire())
         [job] = await acquire(store, "me")
         await store.extend_acquired_job_leases("me", {job.id}, timedelta(seconds=-1))
         assert await acquire(store, "me") == []
         [held] = await store.get_jobs()
-    assert held.acquired_by == "me"
+    assert held.acquired_by == "me" and notices.abandoned_jobs == []
     assert held.acquired_until is not None and held.acquired_until > now()
 
 

@@ -14,13 +14,14 @@ import pytest
 from apscheduler import DeserializationError
 from apscheduler.triggers.interval import IntervalTrigger
 
-from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler
-from library.components.scheduling.task_scheduler._cron import CronTrigger
-from library.components.scheduling.task_scheduler._stores import (
-    SafeJSONSerializer,
+from library.components.scheduling.task_scheduler import (
+    SchedulerConfig,
     StoreUnavailableError,
-    parse_store_url,
+    TaskScheduler,
 )
+from library.components.scheduling.task_scheduler._aps.serializer import SafeJSONSerializer
+from library.components.scheduling.task_scheduler._cron import CronTrigger
+from library.components.scheduling.task_scheduler._urls import parse_store_url
 
 
 @pytest.mark.parametrize(

@@ -114,8 +114,8 @@ def test_cron_spec_starts_from_now_or_its_later_start() -> None:
 
 
 def test_equal_interval_specs_are_shared_and_others_kept_apart() -> None:
-    # Issue #7: jobs with equal intervals hold one spec; anything that shows differently
-    # (the zone of start, its fold, the timezone) keeps its own.
+    # Memory per idle schedule: jobs with equal intervals hold one spec; anything that shows
+    # differently (the zone of start, its fold, the timezone) keeps its own.
     start = datetime(2026, 7, 1, 9, 0, tzinfo=NY)
     first = IntervalSpec(hours=1, start=start, tz=UTC).shared()
     assert IntervalSpec(minutes=60, start=start, tz=UTC).shared() is first

@@ -12,8 +12,22 @@
     app = FastAPI(lifespan=scheduler.lifespan)
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from ._config import JobDefaults, SchedulerConfig
-from ._errors import DuplicateJobError, JobNotFoundError, SchedulerStateError, TaskSchedulerError
+from ._errors import (
+    DuplicateJobError,
+    InvalidTypeError,
+    InvalidValueError,
+    JobNotFoundError,
+    MissingDependencyError,
+    SchedulerStateError,
+    StoreUnavailableError,
+    TaskSchedulerError,
+    UnsupportedError,
+    WaitTimeoutError,
+)
 from ._jobs import JobOptions
 from ._models import (
     JobInfo,
@@ -26,12 +40,20 @@ from ._models import (
 )
 from ._scheduler import TaskScheduler
 
+try:
+    __version__ = _version("fastapi-task-scheduler")
+except PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "DuplicateJobError",
+    "InvalidTypeError",
+    "InvalidValueError",
     "JobDefaults",
     "JobInfo",
     "JobNotFoundError",
     "JobOptions",
+    "MissingDependencyError",
     "Outcome",
     "RunCounts",
     "RunInfo",
@@ -39,7 +61,11 @@ __all__ = [
     "SchedulerState",
     "SchedulerStateError",
     "SchedulerStatus",
+    "StoreUnavailableError",
     "TaskScheduler",
     "TaskSchedulerError",
     "TriggerInfo",
+    "UnsupportedError",
+    "WaitTimeoutError",
+    "__version__",
 ]

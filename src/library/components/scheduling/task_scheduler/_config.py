@@ -8,6 +8,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ._errors import InvalidValueError
+from ._urls import parse_broker_url, parse_store_url
+
 
 class JobDefaults(BaseModel):
     """Options every job gets unless it sets its own."""
@@ -47,7 +50,9 @@ class JobDefaults(BaseModel):
             unknown = sorted(set(data) - set(cls.model_fields))
             if unknown:
                 valid = ", ".join(cls.model_fields)
-                raise ValueError(f"unknown job_defaults key {unknown[0]!r}; valid keys: {valid}")
+                raise InvalidValueError(
+                    f"unknown job_defaults key {unknown[0]!r}; valid keys: {valid}"
+                )
         return data
 
 
@@ -56,7 +61,7 @@ def validate_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise ValueError(
+        raise InvalidValueError(
             f"unknown timezone {name!r}: use an IANA name such as 'UTC' or 'America/New_York'"
         ) from None
     return name
@@ -105,16 +110,12 @@ class SchedulerConfig(BaseModel):
     @field_validator("store")
     @classmethod
     def _store_url(cls, value: str) -> str:
-        from ._stores import parse_store_url
-
         parse_store_url(value)
         return value
 
     @field_validator("event_broker")
     @classmethod
     def _broker_url(cls, value: str | None) -> str | None:
-        from ._stores import parse_broker_url
-
         if value is not None:
             parse_broker_url(value)
         return value

@@ -76,6 +76,8 @@ from croniter import (  # type: ignore[import-untyped]
     croniter,
 )
 
+from ._errors import InvalidValueError
+
 __all__ = ["CronTrigger"]
 
 _UTC: Final = dt_timezone.utc
@@ -236,11 +238,11 @@ def _int_or_name(spec: _Spec, text: str, prefix: str) -> int:
     if _digits(text):
         value = int(text)
         if not spec.lo <= value <= spec.hi:
-            raise ValueError(f"{prefix}: {spec.name} must be {spec.allowed}, got {value}")
+            raise InvalidValueError(f"{prefix}: {spec.name} must be {spec.allowed}, got {value}")
         return value
     if text in spec.names:
         return spec.names[text]
-    raise ValueError(f"{prefix}: {spec.name} must be {spec.allowed}, got {text!r}")
+    raise InvalidValueError(f"{prefix}: {spec.name} must be {spec.allowed}, got {text!r}")
 
 
 def _weekday(text: str, prefix: str) -> int:
@@ -252,18 +254,20 @@ def _range_values(spec: _Spec, item: str, prefix: str, *, allow_step: bool) -> l
     step = 1
     if sep:
         if not allow_step:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{prefix}: steps are not supported in {spec.name} in the fields form "
                 f"(APScheduler counts them from Monday, cron from Sunday); list the days "
                 f"instead, e.g. 'mon,wed,fri', got {item!r}"
             )
         if not _digits(step_text) or int(step_text) < 1:
-            raise ValueError(f"{prefix}: {spec.name} step must be a positive integer, got {item!r}")
+            raise InvalidValueError(
+                f"{prefix}: {spec.name} step must be a positive integer, got {item!r}"
+            )
         step = int(step_text)
     if base == "*":
         return list(range(spec.lo, spec.top + 1, step))
     if not base:
-        raise ValueError(f"{prefix}: {spec.name} must be {spec.allowed}, got {item!r}")
+        raise InvalidValueError(f"{prefix}: {spec.name} must be {spec.allowed}, got {item!r}")
     first_text, dash, last_text = base.partition("-")
     first = _int_or_name(spec, first_text, prefix)
     if dash:
@@ -278,7 +282,7 @@ def _range_values(spec: _Spec, item: str, prefix: str, *, allow_step: bool) -> l
     if first <= last:
         return [v % 7 if spec is _DOW else v for v in range(first, last + 1, step)]
     if sep:
-        raise ValueError(
+        raise InvalidValueError(
             f"{prefix}: {spec.name} range {item!r} wraps around and cannot have a step"
         )
     return list(range(first, spec.top + 1)) + list(range(spec.lo, last + 1))
@@ -288,7 +292,7 @@ def _parse_cron_field(spec: _Spec, token: str, prefix: str) -> _Field:
     """Parse one field of a crontab expression (``token`` is lower case)."""
     if token == "?":
         if spec not in (_DAY, _DOW):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{prefix}: '?' is only allowed in day or day_of_week, got it in {spec.name}"
             )
         return _Field(token, frozenset(range(spec.lo, spec.top + 1)), star=True)
@@ -303,14 +307,16 @@ def _parse_cron_field(spec: _Spec, token: str, prefix: str) -> _Field:
     nth: list[tuple[int, int]] = []
     for item in items:
         if not item:
-            raise ValueError(f"{prefix}: {spec.name} has an empty list item in {token!r}")
+            raise InvalidValueError(f"{prefix}: {spec.name} has an empty list item in {token!r}")
         if item.startswith("h"):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{prefix}: H (hashed) must be the whole {spec.name} field, e.g. 'H', "
                 f"'H/15', 'H(0-29)' or 'H(0-29)/10', got {token!r}"
             )
         if "?" in item:
-            raise ValueError(f"{prefix}: '?' must be alone in day or day_of_week, got {token!r}")
+            raise InvalidValueError(
+                f"{prefix}: '?' must be alone in day or day_of_week, got {token!r}"
+            )
         if spec is _DAY:
             if item == "l":
                 last_day = True
@@ -318,14 +324,14 @@ def _parse_cron_field(spec: _Spec, token: str, prefix: str) -> _Field:
             match = _W_RE.match(item)
             if match:
                 if len(items) > 1:
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"{prefix}: day 'W' (nearest weekday) must be the only value in "
                         f"the field, got {token!r}"
                     )
                 nearest = _int_or_name(spec, match.group(1) or match.group(2), prefix)
                 continue
             if "l" in item or "w" in item:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{prefix}: day must be {spec.allowed}, 'L' (last day) or 'nW' "
                     f"(nearest weekday), got {item!r}"
                 )
@@ -334,7 +340,7 @@ def _parse_cron_field(spec: _Spec, token: str, prefix: str) -> _Field:
                 day_text, _, n_text = item.partition("#")
                 weekday = _weekday(day_text, prefix)
                 if not _digits(n_text) or not 1 <= int(n_text) <= 5:
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"{prefix}: day_of_week '#' must be followed by 1-5 (nth weekday "
                         f"of the month), got {item!r}"
                     )
@@ -343,14 +349,14 @@ def _parse_cron_field(spec: _Spec, token: str, prefix: str) -> _Field:
             if item.startswith("l") or (item.endswith("l") and item not in spec.names):
                 day_text = item[1:] if item.startswith("l") else item[:-1]
                 if not day_text:
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"{prefix}: day_of_week 'L' needs a weekday (e.g. 'L5' or '5L' for "
                         f"the last Friday of the month), got {item!r}"
                     )
                 nth.append((_weekday(day_text, prefix), -1))
                 continue
         if "#" in item:
-            raise ValueError(f"{prefix}: '#' is only allowed in day_of_week, got {item!r}")
+            raise InvalidValueError(f"{prefix}: '#' is only allowed in day_of_week, got {item!r}")
         values.update(_range_values(spec, item, prefix, allow_step=True))
     return _Field(
         token, frozenset(values), last_day=last_day, nearest=nearest, nth=tuple(sorted(nth))
@@ -367,7 +373,7 @@ def _parse_kw_field(spec: _Spec, raw: str, prefix: str) -> _Field:
     nth: list[tuple[int, int]] = []
     for item in (part.strip() for part in token.split(",")):
         if not item:
-            raise ValueError(f"{prefix}: {spec.name} has an empty list item in {raw!r}")
+            raise InvalidValueError(f"{prefix}: {spec.name} has an empty list item in {raw!r}")
         if spec is _DAY:
             if item == "last":
                 last_day = True
@@ -375,19 +381,19 @@ def _parse_kw_field(spec: _Spec, raw: str, prefix: str) -> _Field:
             match = _NTH_KW_RE.match(item)
             if match:
                 if match.group(2) not in _DOW_NAMES:
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"{prefix}: day {item!r} needs a weekday name (mon-sun), "
                         f"got {match.group(2)!r}"
                     )
                 nth.append((_DOW_NAMES[match.group(2)], _NTH_KW[match.group(1)]))
                 continue
             if any(c.isalpha() for c in item):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{prefix}: day must be {spec.allowed}, 'last', '1st'..'5th' or "
                     f"'last' followed by a weekday name (e.g. '2nd fri'), got {item!r}"
                 )
         elif spec is not _MONTH and spec is not _DOW and any(c.isalpha() for c in item):
-            raise ValueError(f"{prefix}: {spec.name} must be {spec.allowed}, got {item!r}")
+            raise InvalidValueError(f"{prefix}: {spec.name} must be {spec.allowed}, got {item!r}")
         values.update(_range_values(spec, item, prefix, allow_step=spec is not _DOW))
     return _Field(token, frozenset(values), last_day=last_day, nth=tuple(sorted(nth)))
 
@@ -409,7 +415,7 @@ def _resolve_hashes(
             " ".join(tokens), hash_id=hash_id.encode(), second_at_beginning=with_seconds
         )
     except CroniterError as exc:  # pragma: no cover - the tokens were validated already
-        raise ValueError(f"{prefix}: {exc}") from None
+        raise InvalidValueError(f"{prefix}: {exc}") from None
     for name in order:
         field = fields[name]
         if not field.hashed:
@@ -429,12 +435,14 @@ def _check_hash_token(spec: _Spec, token: str, prefix: str) -> None:
     begin, end, divisor = match.groups()
     if begin is not None and end is not None:
         if not spec.lo <= int(begin) < int(end) <= spec.hi:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{prefix}: {spec.name} H range must be within {spec.lo}-{spec.hi} with "
                 f"start < end, got {token!r}"
             )
     if divisor is not None and int(divisor) < 1:
-        raise ValueError(f"{prefix}: {spec.name} step must be a positive integer, got {token!r}")
+        raise InvalidValueError(
+            f"{prefix}: {spec.name} step must be a positive integer, got {token!r}"
+        )
 
 
 def _parse_expression(expression: str, hash_id: str | None) -> _Parsed:
@@ -443,11 +451,13 @@ def _parse_expression(expression: str, hash_id: str | None) -> _Parsed:
     lowered = text.lower()
     if lowered.startswith("@"):
         if lowered not in _MACROS:
-            raise ValueError(f"{prefix}: unknown macro, expected one of {', '.join(_MACROS)}")
+            raise InvalidValueError(
+                f"{prefix}: unknown macro, expected one of {', '.join(_MACROS)}"
+            )
         lowered = _MACROS[lowered]
     tokens = lowered.split()
     if len(tokens) not in (5, 6):
-        raise ValueError(
+        raise InvalidValueError(
             f"{prefix}: expected 5 fields (minute hour day month day_of_week) or 6 with "
             f"seconds first (second minute hour day month day_of_week), got {len(tokens)}"
         )
@@ -472,7 +482,9 @@ def _parse_expression(expression: str, hash_id: str | None) -> _Parsed:
         for name in hashed:
             _check_hash_token(specs[name], fields[name].token, prefix)
         if hash_id is None:
-            raise ValueError(f"{prefix}: H (hashed) fields need a hash_id (normally the job id)")
+            raise InvalidValueError(
+                f"{prefix}: H (hashed) fields need a hash_id (normally the job id)"
+            )
         _resolve_hashes(fields, specs, with_seconds, hash_id, prefix)
     day, dow = fields["day"], fields["day_of_week"]
     # croniter's rule: '*'/'?' is unrestricted, and so is a field covering every value
@@ -496,10 +508,12 @@ def _parse_expression(expression: str, hash_id: str | None) -> _Parsed:
 def _parse_fields(given: Mapping[str, str]) -> _Parsed:
     shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
     if not given:
-        raise ValueError(f"invalid cron fields: give at least one of {', '.join(_FIELD_KEYS)}")
+        raise InvalidValueError(
+            f"invalid cron fields: give at least one of {', '.join(_FIELD_KEYS)}"
+        )
     week = given.get("week")
     if week is not None and week.strip() != "*":
-        raise ValueError(
+        raise InvalidValueError(
             f"invalid cron fields ({shown}): week (ISO week number) is not supported; "
             f"use day, day_of_week and month instead"
         )
@@ -623,10 +637,10 @@ def _never_fires_detail(p: _Parsed) -> str:
 
 def _utc_naive(name: str, value: object) -> datetime:
     if not isinstance(value, datetime):
-        raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
+        raise InvalidValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
     offset = value.utcoffset()
     if offset is None:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} must be timezone-aware (e.g. datetime(..., tzinfo=ZoneInfo('UTC'))), "
             f"got naive {value.isoformat()}"
         )
@@ -641,7 +655,7 @@ def _from_iso(name: str, value: object) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"invalid CronTrigger state: {name} must be an ISO string")
+        raise InvalidValueError(f"invalid CronTrigger state: {name} must be an ISO string")
     return _utc_naive(name, datetime.fromisoformat(value))
 
 
@@ -702,17 +716,17 @@ class CronTrigger(Trigger):
         hash_id: str | None = None,
     ) -> None:
         if (expression is None) == (fields is None):
-            raise ValueError(
+            raise InvalidValueError(
                 "CronTrigger needs exactly one of expression (e.g. '0 2 * * *') or "
                 "fields (e.g. {'hour': 2})"
             )
         given: dict[str, str] | None = None
         if fields is not None:
             if not isinstance(fields, Mapping):
-                raise ValueError(f"fields must be a mapping, got {fields!r}")
+                raise InvalidValueError(f"fields must be a mapping, got {fields!r}")
             unknown = [key for key in fields if key not in _FIELD_KEYS]
             if unknown:
-                raise ValueError(
+                raise InvalidValueError(
                     f"invalid cron fields: unknown field(s) {', '.join(map(repr, unknown))}; "
                     f"valid fields are {', '.join(_FIELD_KEYS)}"
                 )
@@ -721,7 +735,7 @@ class CronTrigger(Trigger):
                 if value is None:
                     continue
                 if isinstance(value, bool) or not isinstance(value, (int, str)):
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"invalid cron field {key}={value!r}: must be an int or a string"
                     )
                 given[key] = str(value)
@@ -744,16 +758,18 @@ class CronTrigger(Trigger):
         last: datetime | None,
     ) -> None:
         if not isinstance(timezone, str) or not timezone:
-            raise ValueError(f"timezone must be an IANA time zone name, got {timezone!r}")
+            raise InvalidValueError(f"timezone must be an IANA time zone name, got {timezone!r}")
         try:
             zone = ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise ValueError(f"unknown time zone {timezone!r} (expected an IANA name)") from None
+            raise InvalidValueError(
+                f"unknown time zone {timezone!r} (expected an IANA name)"
+            ) from None
         if hash_id is not None and not isinstance(hash_id, str):
-            raise ValueError(f"hash_id must be a string, got {hash_id!r}")
+            raise InvalidValueError(f"hash_id must be a string, got {hash_id!r}")
         if expression is not None:
             if not isinstance(expression, str):
-                raise ValueError(f"cron expression must be a string, got {expression!r}")
+                raise InvalidValueError(f"cron expression must be a string, got {expression!r}")
             parsed = _parse_expression(expression, hash_id)
             expression = expression.strip()
             if not expression.startswith("@"):
@@ -768,7 +784,7 @@ class CronTrigger(Trigger):
 
         texts = _build_sub_texts(parsed)
         if not texts:
-            raise ValueError(f"{prefix}: never fires ({_never_fires_detail(parsed)})")
+            raise InvalidValueError(f"{prefix}: never fires ({_never_fires_detail(parsed)})")
         with_seconds = parsed.second is not None
         head: list[str] = []
         if with_seconds:
@@ -795,7 +811,7 @@ class CronTrigger(Trigger):
                     max_years_between_matches=300 if year is not None else 100,
                 )
             except (CroniterError, ValueError) as exc:  # pragma: no cover - defensive
-                raise ValueError(f"{prefix}: {exc}") from None
+                raise InvalidValueError(f"{prefix}: {exc}") from None
             subs.append(_Sub(cron))
         if year is not None:
             assert parsed.year is not None
@@ -803,7 +819,7 @@ class CronTrigger(Trigger):
             subs = [sub for sub in subs if sub.after(probe_from) is not None]
             if not subs:
                 years = ",".join(str(y) for y in sorted(parsed.year.values))
-                raise ValueError(f"{prefix}: never fires in year(s) {years}")
+                raise InvalidValueError(f"{prefix}: never fires in year(s) {years}")
 
         self._expression = expression
         self._fields_given = dict(given) if given is not None else None
@@ -904,18 +920,18 @@ class CronTrigger(Trigger):
     def __setstate__(self, state: dict[str, Any]) -> None:
         if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
             version = state.get("version") if isinstance(state, Mapping) else None
-            raise ValueError(
+            raise InvalidValueError(
                 f"cannot restore CronTrigger state version {version!r} "
                 f"(this version reads {_STATE_VERSION})"
             )
         expression = state.get("expression")
         fields = state.get("fields")
         if (expression is None) == (fields is None):
-            raise ValueError("invalid CronTrigger state: needs expression or fields")
+            raise InvalidValueError("invalid CronTrigger state: needs expression or fields")
         given = None if fields is None else {str(k): str(v) for k, v in fields.items()}
         start = _from_iso("start_time", state.get("start_time"))
         if start is None:
-            raise ValueError("invalid CronTrigger state: start_time is missing")
+            raise InvalidValueError("invalid CronTrigger state: start_time is missing")
         self._setup(
             expression,
             given,

@@ -1,16 +1,27 @@
-"""The exception hierarchy, and the one boundary where APScheduler's errors become ours.
+"""The exception hierarchy: every error this package raises on purpose, documented in one place.
 
-Every error this package raises on purpose is a :class:`TaskSchedulerError`, and also a
-builtin users already catch: a lookup failure is a :class:`LookupError`, bad input a
-:class:`ValueError`, a call in the wrong state a :class:`RuntimeError`.
+Each is a :class:`TaskSchedulerError`, and also the builtin users already catch:
+
+==========================  ==================  ============================================
+error                       also a              raised when
+==========================  ==================  ============================================
+:class:`JobNotFoundError`   ``LookupError``     no job has the given id
+:class:`DuplicateJobError`  ``ValueError``      a job with the id exists already
+:class:`InvalidValueError`  ``ValueError``      bad input: a cron field, a timezone, an option,
+                                                a store URL, a job a store cannot hold
+:class:`InvalidTypeError`   ``TypeError``       a value of the wrong kind (not a callable...)
+:class:`SchedulerStateError`  ``RuntimeError``  a call the scheduler's state does not allow
+:class:`UnsupportedError`   ``RuntimeError``    a feature this event loop cannot run
+:class:`StoreUnavailableError`  ``ConnectionError``  the store or broker server did not answer
+:class:`MissingDependencyError`  ``ImportError``  an optional extra is not installed
+:class:`WaitTimeoutError`   ``TimeoutError``    a test helper waited too long (``testing``)
+==========================  ==================  ============================================
+
+APScheduler's own exceptions become these at one boundary (``_aps.errors``): users never
+catch an engine exception.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from apscheduler import ConflictingIdError, ScheduleLookupError, SerializationError, TaskLookupError
 
 
 class TaskSchedulerError(Exception):
@@ -36,20 +47,29 @@ class DuplicateJobError(TaskSchedulerError, ValueError):
         self.job_id = job_id
 
 
+class InvalidValueError(TaskSchedulerError, ValueError):
+    """A value given to the scheduler is not valid; the message names it and what is."""
+
+
+class InvalidTypeError(TaskSchedulerError, TypeError):
+    """A value given to the scheduler is of the wrong kind; the message says which is right."""
+
+
 class SchedulerStateError(TaskSchedulerError, RuntimeError):
     """The scheduler is not in a state that allows the call (e.g. ``start()`` twice)."""
 
 
-@contextmanager
-def engine_errors(job_id: str) -> Iterator[None]:
-    """Translate APScheduler's exceptions about ``job_id`` into ours (the only place that does)."""
-    try:
-        yield
-    except (ScheduleLookupError, TaskLookupError):
-        raise JobNotFoundError(job_id) from None
-    except ConflictingIdError:
-        raise DuplicateJobError(job_id) from None
-    except SerializationError as exc:
-        # Trap 14: APScheduler's SerializationError has an empty message; the reason is its cause.
-        reason = exc.__cause__ or exc
-        raise ValueError(f"job {job_id!r} cannot be stored: {reason}") from exc
+class UnsupportedError(TaskSchedulerError, RuntimeError):
+    """The feature cannot run here (e.g. a SQL store on trio); the message says what can."""
+
+
+class StoreUnavailableError(TaskSchedulerError, ConnectionError):
+    """The store or event broker server did not answer."""
+
+
+class MissingDependencyError(TaskSchedulerError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+class WaitTimeoutError(TaskSchedulerError, TimeoutError):
+    """A helper of ``testing`` waited longer than its timeout; the message says what it saw."""

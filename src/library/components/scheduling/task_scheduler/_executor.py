@@ -14,128 +14,34 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import random
-import secrets
 from collections import deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from itertools import count
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
-from anyio import CapacityLimiter, get_cancelled_exc_class, to_thread
+from anyio import TASK_STATUS_IGNORED, CapacityLimiter, get_cancelled_exc_class, to_thread
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 from apscheduler import Job
 from apscheduler.abc import JobExecutor
 
-from ._errors import SchedulerStateError
+from ._clock import utcnow
+from ._errors import JobNotFoundError, SchedulerStateError
 from ._jobs import JobSpec
-from ._models import Outcome, RunCounts, RunInfo
+from ._log import logger
+from ._models import Outcome, RunInfo
+from ._registry import JobRegistry, JobRuntime
+from ._runs import OUTCOME_INDEX, RunRecord, log_run, next_seq, retry_delay
 
-logger = logging.getLogger("library.components.scheduling.task_scheduler")
+RETRY_BUFFER = 1000
+"""Retries of abandoned runs waiting to start (each is a job id: a small buffer is plenty)."""
 
-RETRY_DELAY_CAP = 300.0
-"""Seconds: exponential retry backoff never waits longer than this."""
-
-_OUTCOMES = tuple(Outcome)
-_OUTCOME_INDEX = {outcome: index for index, outcome in enumerate(_OUTCOMES)}
-_LOG_LEVELS = {
-    Outcome.success: logging.INFO,
-    Outcome.cancelled: logging.INFO,
-    Outcome.timed_out: logging.WARNING,
-    Outcome.skipped: logging.WARNING,
-    Outcome.missed: logging.WARNING,
-    Outcome.error: logging.ERROR,
-    Outcome.abandoned: logging.ERROR,
-}
-_utc = timezone.utc
-
-
-def _now() -> datetime:
-    return datetime.now(_utc)
-
-
-@dataclass(slots=True, eq=False)
-class RunRecord:
-    """One attempt, as the executor keeps it (a RunInfo is only built when someone asks)."""
-
-    seq: int
-    job_id: str
-    attempt: int
-    scheduled_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    outcome: Outcome | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-
-    def info(self, prefix: str, tz: ZoneInfo) -> RunInfo:
-        started, finished = self.started_at, self.finished_at
-        duration = None
-        if started is not None and finished is not None:
-            duration = (finished - started).total_seconds()
-        return RunInfo.model_construct(
-            run_id=f"{prefix}-{self.seq}",
-            job_id=self.job_id,
-            attempt=self.attempt,
-            scheduled_at=self.scheduled_at.astimezone(tz),
-            started_at=None if started is None else started.astimezone(tz),
-            finished_at=None if finished is None else finished.astimezone(tz),
-            duration=duration,
-            outcome=self.outcome,
-            error_type=self.error_type,
-            error_message=self.error_message,
-        )
-
-
-_NO_RECORDS: tuple[RunRecord, ...] = ()
-_NO_COUNTS: tuple[int, ...] = (0,) * len(_OUTCOMES)
-
-
-@dataclass(slots=True, eq=False)
-class JobRuntime:
-    """The live state of one job: its spec, runs in progress, history and counters.
-
-    An idle job costs this object only (96 B): its history, runs in progress and counters
-    start as shared immutable empties and get their own containers at their first write
-    (issue #7: memory per idle schedule).
-    """
-
-    spec: JobSpec
-    history: deque[RunRecord] | None = None
-    """Finished attempts, newest first; made at the first one (an idle job costs no deque)."""
-    running: int = 0
-    """Fires in progress, including one waiting for its retry: they hold max_instances slots."""
-    active: list[RunRecord] | tuple[RunRecord, ...] = _NO_RECORDS
-    """Attempts in progress, oldest first: the shared empty tuple until the first one."""
-    counts: list[int] | tuple[int, ...] = _NO_COUNTS
-    """Finished attempts per outcome (in ``Outcome`` order): shared zeros until the first."""
-    last: RunRecord | None = None
-    last_success: datetime | None = None
-    slot_freed: anyio.Event | None = None
-    """Set when a run ends: backlog fires waiting for a max_instances slot check again."""
-
-    def run_counts(self) -> RunCounts:
-        return RunCounts(**{o.value: n for o, n in zip(_OUTCOMES, self.counts, strict=True)})
-
-    def add_active(self, record: RunRecord) -> None:
-        active = self.active
-        if type(active) is list:
-            active.append(record)
-        else:  # still the shared empty tuple: never mutated, replaced
-            self.active = [record]
-
-    def drop_active(self, record: RunRecord) -> None:
-        """Forget an attempt in progress (no error if it is not there)."""
-        active = self.active
-        if type(active) is list:
-            try:
-                active.remove(record)
-            except ValueError:
-                pass
+_now = utcnow
 
 
 @dataclass(slots=True, eq=False)
@@ -149,18 +55,29 @@ class RunRequest:
 
 
 class TaskExecutor(JobExecutor):
-    """Runs our jobs for APScheduler: timeouts, threads, limits, retries, outcomes."""
+    """Runs our jobs for APScheduler: timeouts, threads, limits, retries, outcomes.
 
-    def __init__(self, *, tz: ZoneInfo, history_size: int, thread_limit: int) -> None:
+    Also hears, as the SQL store's ``RunNotices``, of the fires the store records on its
+    own: it records them, and queues a retry of an abandoned run for its own task to start.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: JobRegistry,
+        tz: ZoneInfo,
+        history_size: int,
+        thread_limit: int,
+        adopt: Callable[[Job], JobRuntime | None] | None = None,
+        on_finished: Callable[[RunRecord], None] | None = None,
+    ) -> None:
         self.tz = tz
         self.history_size = history_size
-        self.jobs: dict[str, JobRuntime] = {}
-        self.adopt: Callable[[Job], JobRuntime | None] | None = None
-        """Called for a job of an unknown task: one another process added at run time."""
-        self.finished_sink: Callable[[RunRecord], None] | None = None
-        """Called with every finished attempt (the scheduler feeds its hooks from it)."""
-        self.prefix = secrets.token_hex(4)
-        self._seq = count(1)
+        self._jobs = registry.by_id
+        self._adopt = adopt
+        """Called for a fire of an unknown job: one another process added at run time."""
+        self._on_finished = on_finished
+        """Called with every finished attempt (the hook dispatcher)."""
         self._thread_limit = thread_limit
         self._limiter: CapacityLimiter | None = None
         self._run_now_scopes: set[anyio.CancelScope] = set()
@@ -168,41 +85,46 @@ class TaskExecutor(JobExecutor):
         self._draining = False
         self._drain_event: anyio.Event | None = None
         self._idle: anyio.Event | None = None
+        self._retry_send: MemoryObjectSendStream[str] | None = None
 
     # -- bookkeeping -------------------------------------------------------------------
-
-    def register(self, spec: JobSpec) -> JobRuntime:
-        runtime = self.jobs.get(spec.id)
-        if runtime is None:
-            runtime = JobRuntime(spec)
-            self.jobs[spec.id] = runtime
-        else:
-            runtime.spec = spec
-        return runtime
-
-    def unregister(self, job_id: str) -> None:
-        self.jobs.pop(job_id, None)
 
     @property
     def in_progress(self) -> int:
         return self._in_progress
 
-    def runs(self, job_id: str, limit: int) -> list[RunInfo]:
-        runtime = self.jobs[job_id]
+    def runs(self, runtime: JobRuntime, limit: int) -> list[RunInfo]:
         records = [*reversed(runtime.active), *(runtime.history or ())][:limit]
-        return [record.info(self.prefix, self.tz) for record in records]
+        return [record.info(self.tz) for record in records]
 
     def last_run(self, runtime: JobRuntime) -> RunInfo | None:
-        return None if runtime.last is None else runtime.last.info(self.prefix, self.tz)
+        return None if runtime.last is None else runtime.last.info(self.tz)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def open(self) -> None:
-        """Called by the scheduler in its event loop before the engine starts."""
+        """Called by the lifecycle in its event loop before the engine starts."""
         self._draining = False
         self._drain_event = anyio.Event()
         self._idle = None
         self._limiter = CapacityLimiter(self._thread_limit)
+        self._retry_send = None
+
+    async def serve_retries(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Start the queued retries of abandoned runs, until :meth:`begin_drain`."""
+        send, receive = anyio.create_memory_object_stream[str](RETRY_BUFFER)
+        self._retry_send = send
+        with send:
+            async with receive, anyio.create_task_group() as task_group:
+                task_status.started()
+                async for job_id in receive:
+                    try:
+                        request, _ = self.request_run(job_id)
+                    except (SchedulerStateError, JobNotFoundError) as exc:
+                        logger.warning("could not retry abandoned job %r: %s", job_id, exc)
+                        continue
+                    if request is not None:
+                        task_group.start_soon(self.run_now, request, name=f"retry {job_id}")
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         """APScheduler's hook: nothing to set up beyond what :meth:`open` did."""
@@ -212,7 +134,9 @@ class TaskExecutor(JobExecutor):
         self._draining = True
         if self._drain_event is not None:
             self._drain_event.set()
-        for runtime in self.jobs.values():
+        if self._retry_send is not None:
+            self._retry_send.close()  # serve_retries ends once its retries in progress do
+        for runtime in self._jobs.values():
             if runtime.slot_freed is not None:
                 runtime.slot_freed.set()
                 runtime.slot_freed = None
@@ -226,27 +150,41 @@ class TaskExecutor(JobExecutor):
         return self._in_progress == 0
 
     def running_jobs(self) -> list[str]:
-        return [job_id for job_id, runtime in self.jobs.items() if runtime.running]
+        return [job_id for job_id, runtime in self._jobs.items() if runtime.running]
 
     def cancel_run_nows(self) -> None:
         """Cancel the run-nows still in progress (the engine's stop() cancels the rest)."""
         for scope in self._run_now_scopes:
             scope.cancel()
 
-    def record_abandoned(self, runtime: JobRuntime, job: Job) -> None:
-        """A fire whose process died while running it (found by another process)."""
+    # -- what the SQL store records on its own (its RunNotices) ---------------------------
+
+    def abandoned(self, job: Job) -> None:
+        """A fire whose process died while running it (found by this process's sweep);
+        retried here, by :meth:`serve_retries`, if the job has retries."""
+        runtime = self._jobs.get(job.task_id)
+        if runtime is None:
+            return
         message = f"the process running it ({job.acquired_by}) stopped before it finished"
         self._record_unrun(runtime, job, Outcome.abandoned, message)
+        if runtime.spec.options.retries and not self._draining and self._retry_send is not None:
+            try:
+                self._retry_send.send_nowait(job.task_id)
+            except (anyio.WouldBlock, anyio.ClosedResourceError) as exc:
+                logger.warning("could not retry abandoned job %r: %r", job.task_id, exc)
 
-    def record_skipped(self, runtime: JobRuntime, job: Job, running: int) -> None:
+    def skipped(self, job: Job, running: int) -> None:
         """A fire that came due while max_instances runs were in progress in any process."""
+        runtime = self._jobs.get(job.task_id)
+        if runtime is None:
+            return
         limit = runtime.spec.options.max_instances
         message = f"{running} run(s) in progress across processes, max_instances is {limit}"
         self._record_unrun(runtime, job, Outcome.skipped, message)
 
     def _record_unrun(self, runtime: JobRuntime, job: Job, outcome: Outcome, message: str) -> None:
         scheduled = job.scheduled_fire_time or job.created_at
-        record = RunRecord(next(self._seq), runtime.spec.id, 1, scheduled)
+        record = RunRecord(next_seq(), runtime.spec.id, 1, scheduled)
         record.finished_at = _now()
         self._finish(runtime, record, outcome, None, message)
 
@@ -261,8 +199,10 @@ class TaskExecutor(JobExecutor):
         """
         if self._draining:
             raise SchedulerStateError("the scheduler is shutting down: no new runs")
-        runtime = self.jobs[job_id]
-        record = RunRecord(next(self._seq), job_id, 1, _now())
+        runtime = self._jobs.get(job_id)
+        if runtime is None:
+            raise JobNotFoundError(job_id)
+        record = RunRecord(next_seq(), job_id, 1, _now())
         if runtime.running >= runtime.spec.options.max_instances:
             record.finished_at = record.scheduled_at
             self._finish(runtime, record, Outcome.skipped, None, None)
@@ -286,17 +226,17 @@ class TaskExecutor(JobExecutor):
         # By schedule id, which is our job id on every store; the task id is the job id on
         # persistent stores only (on the memory store, every job is scheduled under one task).
         schedule_id = job.schedule_id
-        runtime = None if schedule_id is None else self.jobs.get(schedule_id)
+        runtime = None if schedule_id is None else self._jobs.get(schedule_id)
         if runtime is None:
-            runtime = self.adopt(job) if self.adopt is not None else None
+            runtime = self._adopt(job) if self._adopt is not None else None
             if runtime is None:
                 return  # removed after this fire was queued
         fire_time: datetime | None = job.scheduled_fire_time
         if fire_time is None:
             return  # not ours: we never queue unscheduled jobs
         spec = runtime.spec
-        record = RunRecord(next(self._seq), spec.id, 1, fire_time)
-        if spec.paused:
+        record = RunRecord(next_seq(), spec.id, 1, fire_time)
+        if runtime.paused:
             # Enqueued before the job was paused: on a shared store it can wait in the queue
             # (a stopping process leaves it there) until after a restart. No run starts.
             record.finished_at = _now()
@@ -393,7 +333,7 @@ class TaskExecutor(JobExecutor):
                 if record.attempt > options.retries or self._draining:
                     return record
                 record = RunRecord(
-                    next(self._seq), record.job_id, record.attempt + 1, record.scheduled_at
+                    next_seq(), record.job_id, record.attempt + 1, record.scheduled_at
                 )
                 runtime.add_active(record)
                 if not await self._retry_wait(retry_delay(options.retry_delay, record.attempt - 1)):
@@ -507,40 +447,10 @@ class TaskExecutor(JobExecutor):
         counts = runtime.counts
         if type(counts) is not list:  # still the shared zeros: never mutated, replaced
             counts = runtime.counts = list(counts)
-        counts[_OUTCOME_INDEX[outcome]] += 1
+        counts[OUTCOME_INDEX[outcome]] += 1
         runtime.last = record
         if outcome is Outcome.success:
             runtime.last_success = record.finished_at
-        level = _LOG_LEVELS[outcome]
-        if logger.isEnabledFor(level):
-            self._log(level, record, exc)
-        if self.finished_sink is not None:
-            self.finished_sink(record)
-
-    def _log(self, level: int, record: RunRecord, exc: BaseException | None) -> None:
-        run_id = f"{self.prefix}-{record.seq}"
-        duration = None
-        if record.started_at is not None and record.finished_at is not None:
-            duration = (record.finished_at - record.started_at).total_seconds()
-        outcome = record.outcome.value if record.outcome is not None else None
-        extra = {"job_id": record.job_id, "run_id": run_id, "outcome": outcome}
-        extra["duration"] = duration  # type: ignore[assignment]
-        extra["attempt"] = record.attempt  # type: ignore[assignment]
-        detail = f": {record.error_message}" if record.error_message else ""
-        logger.log(
-            level,
-            "job %r run %s (attempt %d) %s%s",
-            record.job_id,
-            run_id,
-            record.attempt,
-            outcome,
-            detail,
-            extra=extra,
-            exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
-        )
-
-
-def retry_delay(base: float, retry: int) -> float:
-    """Seconds before retry number ``retry`` (1-based): doubling from ``base``, capped, jittered."""
-    delay = min(base * 2.0 ** (retry - 1), max(base, RETRY_DELAY_CAP))
-    return delay * random.uniform(0.5, 1.0)
+        log_run(record, exc)
+        if self._on_finished is not None:
+            self._on_finished(record)

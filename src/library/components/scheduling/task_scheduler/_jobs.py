@@ -12,6 +12,8 @@ from typing import Any, TypedDict
 from pydantic import ValidationError
 
 from ._config import JobDefaults
+from ._errors import InvalidTypeError, InvalidValueError
+from ._shared import SHARED_EMPTY
 from ._triggers import TriggerSpec
 
 
@@ -33,23 +35,6 @@ class JobOptions(TypedDict, total=False):
     max_staleness: float | None
 
 
-class _SharedEmptyDict(dict):  # type: ignore[type-arg]
-    """The one empty ``kwargs``/``metadata`` dict that every job spec, engine schedule and
-    engine task without any shares: 64 B less per object (issue #7). Its holders only read
-    it or copy it; mutating it in place raises, where it would otherwise have changed every
-    holder at once."""
-
-    __slots__ = ()
-
-    def _refuse(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("job specs, schedules and tasks share this empty dict: build a new one")
-
-    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
-    update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
-
-
-SHARED_EMPTY: dict[str, Any] = _SharedEmptyDict()
-
 _OWN_OPTIONS = ("id", "name", "args", "kwargs", "paused")
 VALID_OPTIONS = (*_OWN_OPTIONS, *JobDefaults.model_fields)
 _VALID_OPTIONS = frozenset(VALID_OPTIONS)
@@ -67,7 +52,7 @@ def callable_name(func: Callable[..., Any]) -> str:
     if module is None or qualname is None:
         kind = type(target)
         module, qualname = kind.__module__, kind.__qualname__
-    # Interned: every job of one callable shares the string (61 B a job, issue #7).
+    # Interned: every job of one callable shares the string (61 B a job, memory per idle schedule).
     return sys.intern(f"{module}:{qualname}")
 
 
@@ -81,9 +66,10 @@ def is_async_callable(func: Callable[..., Any]) -> bool:
     )
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, frozen=True, eq=False)
 class JobSpec:
-    """Everything the scheduler needs to (re)create a job in the engine."""
+    """A job's definition: everything needed to (re)create it in the engine. Immutable:
+    pause state and runs are runtime state (:class:`~._registry.JobRuntime`)."""
 
     id: str
     name: str
@@ -94,14 +80,13 @@ class JobSpec:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     options: JobDefaults
-    paused: bool
     declared: bool
     """True for decorator jobs, False for jobs added at run time."""
 
 
 def validate_job_id(job_id: object) -> str:
     if not isinstance(job_id, str) or not job_id:
-        raise ValueError(f"job id must be a non-empty string, got {job_id!r}")
+        raise InvalidValueError(f"job id must be a non-empty string, got {job_id!r}")
     return job_id
 
 
@@ -122,10 +107,10 @@ def make_spec(
 ) -> JobSpec:
     """Validate ``options`` against :data:`VALID_OPTIONS` and ``defaults``; raise ValueError."""
     if not callable(func):
-        raise TypeError(f"job {job_id!r}: expected a callable, got {func!r}")
+        raise InvalidTypeError(f"job {job_id!r}: expected a callable, got {func!r}")
     unknown = sorted(options.keys() - _VALID_OPTIONS)
     if unknown:
-        raise ValueError(
+        raise InvalidValueError(
             f"job {job_id!r}: unknown option {unknown[0]!r}; valid options: "
             f"{', '.join(VALID_OPTIONS)}"
         )
@@ -140,16 +125,16 @@ def make_spec(
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"])
-        raise ValueError(
+        raise InvalidValueError(
             f"job {job_id!r}: invalid {field} {error['input']!r}: {error['msg'].lower()}"
         ) from None
     name = options.get("name", getattr(func, "__name__", None) or job_id)
     args = options.get("args", ())
     kwargs = options.get("kwargs", {})
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
-        raise ValueError(f"job {job_id!r}: args must be a list or tuple, got {args!r}")
+        raise InvalidValueError(f"job {job_id!r}: args must be a list or tuple, got {args!r}")
     if not isinstance(kwargs, Mapping):
-        raise ValueError(f"job {job_id!r}: kwargs must be a mapping, got {kwargs!r}")
+        raise InvalidValueError(f"job {job_id!r}: kwargs must be a mapping, got {kwargs!r}")
     return JobSpec(
         id=job_id,
         name=str(name),
@@ -160,6 +145,5 @@ def make_spec(
         args=tuple(args),
         kwargs=dict(kwargs) if kwargs else SHARED_EMPTY,
         options=resolved,
-        paused=bool(options.get("paused", False)),
         declared=declared,
     )

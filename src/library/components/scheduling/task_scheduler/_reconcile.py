@@ -16,10 +16,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler import DeserializationError, Job, Schedule, SerializationError
-from apscheduler._marshalling import callable_from_ref, callable_to_ref
 from apscheduler.abc import Serializer
 
+from ._aps.serializer import reference_to, resolve_reference
 from ._config import JobDefaults
+from ._errors import InvalidValueError
 from ._jobs import JobSpec, callable_name, is_async_callable
 from ._triggers import spec_from_dict
 
@@ -68,16 +69,16 @@ def check_storable(spec: JobSpec, serializer: Serializer, *, resolve: bool = Fal
     runs before its module has bound the function's name.
     """
     try:
-        ref = callable_to_ref(spec.func)
-        found = callable_from_ref(ref) if resolve else spec.func
+        ref = reference_to(spec.func)
+        found = resolve_reference(ref) if resolve else spec.func
     except (SerializationError, DeserializationError, LookupError, ValueError) as exc:
-        raise ValueError(
+        raise InvalidValueError(
             f"job {spec.id!r} cannot be stored: its callable {spec.func_ref!r} must be "
             f"importable by name (a module-level function, not a lambda, a <locals> "
             f"function, a partial or a bound method): {exc}"
         ) from None
     if found is not spec.func:
-        raise ValueError(
+        raise InvalidValueError(
             f"job {spec.id!r} cannot be stored: {ref!r} does not import as the same callable"
         )
     try:
@@ -85,7 +86,7 @@ def check_storable(spec: JobSpec, serializer: Serializer, *, resolve: bool = Fal
         json.dumps([list(spec.args), spec.kwargs])
     except (SerializationError, DeserializationError, TypeError, ValueError) as exc:
         reason = exc.__cause__ or exc
-        raise ValueError(
+        raise InvalidValueError(
             f"job {spec.id!r} cannot be stored: its args and kwargs must be JSON data "
             f"(str, int, float, bool, None, lists, dicts): {reason}"
         ) from None
@@ -95,11 +96,9 @@ def spec_from_definition(
     job_id: str,
     data: Mapping[str, Any],
     tz: ZoneInfo,
-    *,
-    paused: bool,
 ) -> JobSpec:
     """Rebuild a job another process (or an earlier run) added at run time."""
-    func = callable_from_ref(str(data["func"]))
+    func = resolve_reference(str(data["func"]))
     return JobSpec(
         id=job_id,
         name=str(data["name"]),
@@ -110,7 +109,6 @@ def spec_from_definition(
         args=tuple(data.get("args", ())),
         kwargs=dict(data.get("kwargs", {})),
         options=JobDefaults.model_validate(data["options"]),
-        paused=paused,
         declared=False,
     )
 

@@ -19,6 +19,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from ._cron import CronTrigger
+from ._errors import InvalidTypeError, InvalidValueError
 from ._models import TriggerInfo
 
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
@@ -27,7 +28,7 @@ CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", 
 def as_aware(value: datetime, tz: ZoneInfo, what: str) -> datetime:
     """Read a naive datetime in ``tz`` (never the machine's zone: trap 15); keep aware ones."""
     if not isinstance(value, datetime):
-        raise TypeError(f"{what} must be a datetime, got {value!r}")
+        raise InvalidTypeError(f"{what} must be a datetime, got {value!r}")
     if value.tzinfo is None or value.utcoffset() is None:
         return value.replace(tzinfo=tz)
     return value
@@ -43,7 +44,9 @@ class TriggerSpec(ABC):
         self.start = None if start is None else as_aware(start, tz, "start")
         self.end = None if end is None else as_aware(end, tz, "end")
         if self.start is not None and self.end is not None and self.end < self.start:
-            raise ValueError(f"end {self.end.isoformat()} is before start {self.start.isoformat()}")
+            raise InvalidValueError(
+                f"end {self.end.isoformat()} is before start {self.start.isoformat()}"
+            )
 
     @abstractmethod
     def build(self, now: datetime, *, allow_past: bool = False) -> Trigger | None:
@@ -131,18 +134,18 @@ class IntervalSpec(TriggerSpec):
             if (kind is int or kind is float) and value >= 0:
                 continue  # the common case, without the isinstance checks below
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"interval {unit} must be a number >= 0, got {value!r}")
+                raise InvalidValueError(f"interval {unit} must be a number >= 0, got {value!r}")
         self.interval = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
         self.interval += timedelta(seconds=seconds)
         if self.interval <= timedelta(0):
-            raise ValueError(
+            raise InvalidValueError(
                 "interval must be positive: give weeks, days, hours, minutes or seconds > 0"
             )
 
     def shared(self) -> IntervalSpec:
         # Jobs with equal intervals (the common case: many jobs, few distinct intervals)
-        # hold one spec: 112 B less per job (issue #7). Bounded, so that distinct starts
-        # cannot grow the table without end.
+        # hold one spec: 112 B less per job (memory per idle schedule). Bounded, so that
+        # distinct starts cannot grow the table without end.
         key = (self.interval, self.tz, _moment(self.start), _moment(self.end))
         spec = _shared_intervals.get(key)
         if spec is None:
@@ -202,17 +205,17 @@ class CronSpec(TriggerSpec):
         super().__init__(tz, start, end)
         given = {name: value for name, value in fields.items() if value is not None}
         if expression is not None and given:
-            raise ValueError(
+            raise InvalidValueError(
                 f"give a cron expression or cron fields, not both (got {expression!r} "
                 f"and {', '.join(given)})"
             )
         if expression is None and not given:
-            raise ValueError(
+            raise InvalidValueError(
                 "a cron job needs an expression such as '0 2 * * *' or at least one field "
                 f"of: {', '.join(CRON_FIELDS)}"
             )
         if expression is not None and not isinstance(expression, str):
-            raise ValueError(f"cron expression must be a string, got {expression!r}")
+            raise InvalidValueError(f"cron expression must be a string, got {expression!r}")
         self.expression = expression
         self.fields = given or None
         self.hash_id = hash_id
@@ -311,4 +314,4 @@ def spec_from_dict(data: Mapping[str, Any], tz: ZoneInfo) -> TriggerSpec:
         run_at = _dt(data["run_at"])
         assert run_at is not None
         return DateSpec(run_at, tz=tz)
-    raise ValueError(f"unknown trigger type {kind!r} in a stored job definition")
+    raise InvalidValueError(f"unknown trigger type {kind!r} in a stored job definition")

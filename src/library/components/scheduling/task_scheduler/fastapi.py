@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
-from ._errors import JobNotFoundError, SchedulerStateError
+from ._errors import InvalidTypeError, JobNotFoundError, SchedulerStateError
 from ._models import JobInfo, Outcome, RunInfo, SchedulerStatus
 from ._scheduler import TaskScheduler
 
@@ -141,7 +141,7 @@ def create_scheduler_router(
     give them here, not to ``include_router()``, which would guard health too.
     """
     if scheduler is not None and not isinstance(scheduler, TaskScheduler):
-        raise TypeError(f"scheduler must be a TaskScheduler, got {scheduler!r}")
+        raise InvalidTypeError(f"scheduler must be a TaskScheduler, got {scheduler!r}")
     explicit = scheduler
 
     async def bind_scheduler(connection: HTTPConnection) -> None:

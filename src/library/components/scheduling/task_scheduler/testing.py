@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import anyio
 
+from ._errors import WaitTimeoutError
 from ._models import Outcome, RunInfo
 from ._scheduler import TaskScheduler
 
@@ -28,7 +29,8 @@ async def wait_for_runs(
     """Wait until ``job_id`` has finished ``count`` run attempts (of ``outcome``, if given).
 
     Returns the job's recent finished runs (of ``outcome``, if given), newest first.
-    Raises :class:`TimeoutError`, naming what was seen, if that takes over ``timeout`` seconds.
+    Raises :class:`WaitTimeoutError` (a :class:`TimeoutError`), naming what was seen, if that
+    takes over ``timeout`` seconds.
     """
     seen = 0
     with anyio.move_on_after(timeout):
@@ -40,6 +42,6 @@ async def wait_for_runs(
                 return [r for r in runs if r.outcome is not None and outcome in (None, r.outcome)]
             await anyio.sleep(0.01)
     what = f"{outcome.value} " if outcome else ""
-    raise TimeoutError(
+    raise WaitTimeoutError(
         f"job {job_id!r} finished {seen} {what}run(s) in {timeout} s, expected {count}"
     )

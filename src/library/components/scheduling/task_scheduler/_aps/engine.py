@@ -49,14 +49,14 @@ from apscheduler import (
 )
 from apscheduler._structures import MetadataType
 from apscheduler._utils import UnsetValue, unset
-from apscheduler.abc import DataStore, EventBroker, Trigger
+from apscheduler.abc import DataStore, EventBroker, JobExecutor, Trigger
 from apscheduler.eventbrokers.local import LocalEventBroker
 from apscheduler.triggers.interval import IntervalTrigger
 
-from ._broker import LeanEventBroker
-from ._executor import TaskExecutor
-from ._memstore import MemoryStore
-from ._pin import require_engine_version
+from .._log import engine_logger
+from .broker import LeanEventBroker
+from .memstore import MemoryStore
+from .pin import require_engine_version
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -70,11 +70,6 @@ each job has its own, whose ``max_running_jobs`` limits it across processes). An
 costs about 180 B (the Task, two dict entries); jobs are told apart by schedule id instead."""
 SCHEDULE_BATCH = 100
 """Due schedules processed per turn of the schedule loop (the stock loop's batch too)."""
-
-engine_logger = logging.getLogger("library.components.scheduling.task_scheduler.engine")
-if engine_logger.level == logging.NOTSET:
-    # APScheduler logs every run at INFO; ours already does, once, with the outcome.
-    engine_logger.setLevel(logging.WARNING)
 
 
 def run_by_executor() -> None:
@@ -93,7 +88,7 @@ def make_engine(
     *,
     data_store: DataStore,
     event_broker: EventBroker,
-    executor: TaskExecutor,
+    executor: JobExecutor,
     identity: str,
     max_concurrent_jobs: int,
 ) -> AsyncScheduler:

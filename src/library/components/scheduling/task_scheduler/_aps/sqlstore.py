@@ -4,10 +4,10 @@ at this boundary, each in one method below with a regression test."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import anyio
@@ -43,9 +43,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
-from ._stores import LEASE_DURATION
-
-logger = logging.getLogger("library.components.scheduling.task_scheduler")
+from .._log import logger
+from .leases import LEASE_DURATION
 
 SCHEMA_LOCK_KEY = 0x7A5C_4E11
 """pg_advisory_xact_lock key held while a process creates the tables."""
@@ -73,6 +72,31 @@ _HOLDER_GONE = text(
 """SQL: the process named in the row's ``acquired_by`` no longer holds its liveness lock."""
 
 
+class RunNotices(Protocol):
+    """What the store tells the layer above about fires it records on its own.
+
+    Both calls only record (and may queue a retry): a store call never runs a job itself.
+    """
+
+    def abandoned(self, job: Job) -> None:
+        """``job`` was running in a process that died (found by this one's sweep)."""
+
+    def skipped(self, job: Job, running: int) -> None:
+        """A fire of ``job``'s task came due while ``running`` runs were in progress
+        across processes (its max_instances): it was not enqueued."""
+
+
+class _NoNotices:
+    def abandoned(self, job: Job) -> None:
+        pass
+
+    def skipped(self, job: Job, running: int) -> None:
+        pass
+
+
+_NO_NOTICES = _NoNotices()
+
+
 @attrs.define(eq=False, repr=False)
 class SQLStore(SQLAlchemyDataStore):
     """APScheduler's SQL data store, safe for several processes: concurrent first starts,
@@ -85,11 +109,8 @@ class SQLStore(SQLAlchemyDataStore):
     """Schedule batches acquired and not yet released."""
     _released: anyio.Event | None = attrs.field(init=False, default=None)
     _next_sweep: float = attrs.field(init=False, default=0.0)
-    on_abandoned: Callable[[Job], Awaitable[None]] | None = attrs.field(init=False, default=None)
-    """Called with each job this process found abandoned by a dead process."""
-    on_skipped: Callable[[Job, int], None] | None = attrs.field(init=False, default=None)
-    """Called with each fire not enqueued because its task was at max_instances, and the
-    number of runs then in progress across processes."""
+    notices: RunNotices = attrs.field(kw_only=True, factory=lambda: _NO_NOTICES)
+    """Hears of the fires this store records on its own (given at construction)."""
     _identity: str | None = attrs.field(init=False, default=None)
     _liveness: AsyncConnection | None = attrs.field(init=False, default=None)
     _mine: set[UUID] = attrs.field(init=False, factory=set)
@@ -179,8 +200,7 @@ class SQLStore(SQLAlchemyDataStore):
                         insert = self._t_jobs.insert().values(**job.marshal(self.serializer))
                         await self._execute(conn, insert)
         if running is not None:
-            if self.on_skipped is not None:
-                self.on_skipped(job, running)
+            self.notices.skipped(job, running)
             return
         self._enqueued.add(job.schedule_id)
         await self._event_broker.publish(
@@ -274,9 +294,9 @@ class SQLStore(SQLAlchemyDataStore):
     ) -> JobReleased:
         # 4.0.0a6 decrements the task's running count on every release: also for a job that
         # was never acquired, or that a sweep (or a peer's cleanup) already released - the
-        # count drifts and the task's slots leak or multiply (#1110). Give a slot back only
-        # when this release removed a job that held one (decrement_running_job_count, the
-        # caller's guess, is not needed). Otherwise as 4.0.0a6's.
+        # count drifts and the task's slots leak or multiply (upstream #1110). Give a slot
+        # back only when this release removed a job that held one (decrement_running_job_count,
+        # the caller's guess, is not needed). Otherwise as 4.0.0a6's.
         jobs_table = self._t_jobs
         if result.expires_at > result.finished_at:
             insert = self._t_job_results.insert().values(**result.marshal(self.serializer))
@@ -356,14 +376,15 @@ class SQLStore(SQLAlchemyDataStore):
         re-acquires them.
 
         4.0.0a6 lets another process re-acquire a job whose lease expired and run it again
-        (a duplicate), and never gives back the dead holder's running slot (upstream
-        #1110). A holder is gone when its liveness lock is (PostgreSQL), or when it did not
-        renew the lease: live holders renew every half lease, so a job whose lease ends
+        (a duplicate), and never gives back the dead holder's running slot (upstream #1110,
+        see docs/apscheduler-4.0.0a6.md). A holder is gone when its liveness lock is
+        (PostgreSQL), or when it did not renew the lease: live holders renew every half
+        lease, so a job whose lease ends
         within SWEEP_MARGIN was not renewed. The sweep deletes it with a condition on its
         holder, so exactly one process records it, and gives the slot back.
 
-        #1116: a process whose event loop was blocked past the lease re-acquired its own
-        running job, ran it twice, then crashed with KeyError. A job this process still
+        Upstream #1116: a process whose event loop was blocked past the lease re-acquired its
+        own running job, ran it twice, then crashed with KeyError. A job this process still
         runs is never abandoned: its lease is renewed instead.
         """
         jobs_table = self._t_jobs
@@ -409,8 +430,7 @@ class SQLStore(SQLAlchemyDataStore):
                 result, holder, job.task_id, job.schedule_id, job.scheduled_fire_time
             )
             await self._event_broker.publish(event)
-            if self.on_abandoned is not None:
-                await self.on_abandoned(job)
+            self.notices.abandoned(job)
 
     async def get_next_schedule_run_time(self) -> datetime | None:
         wake: datetime | None = await super().get_next_schedule_run_time()

@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 from apscheduler import Event
 from apscheduler.abc import EventBroker, Subscription
 
-from ._pin import require_engine_version
+from .pin import require_engine_version
 
 require_engine_version()
 

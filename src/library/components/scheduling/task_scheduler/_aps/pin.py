@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
+from .._errors import MissingDependencyError
+
 ENGINE_VERSION = "4.0.0a6"
 
 
@@ -12,7 +14,7 @@ def require_engine_version() -> None:
     """Refuse to import against any other APScheduler: our overrides follow its internals."""
     found = version("apscheduler")
     if found != ENGINE_VERSION:
-        raise ImportError(
+        raise MissingDependencyError(
             f"fastapi-task-scheduler's engine needs apscheduler=={ENGINE_VERSION} exactly "
             f"(its scheduler loops, memory store and event broker are replaced), found {found}"
         )

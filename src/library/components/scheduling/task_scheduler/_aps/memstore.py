@@ -63,8 +63,8 @@ from apscheduler.abc import EventBroker
 from apscheduler.datastores.base import BaseDataStore
 from apscheduler.triggers.interval import IntervalTrigger
 
-from ._jobs import SHARED_EMPTY
-from ._pin import require_engine_version
+from .._shared import SHARED_EMPTY
+from .pin import require_engine_version
 
 require_engine_version()
 

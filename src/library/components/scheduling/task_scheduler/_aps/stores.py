@@ -1,0 +1,141 @@
+"""Store URL -> APScheduler data store and event broker, and the settings they run with.
+
+Persistent stores save JSON, never pickle, and load back only trigger classes (no code runs
+from what a database holds). APScheduler's SQL store is asyncio-only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+from apscheduler.abc import EventBroker
+from apscheduler.eventbrokers.local import LocalEventBroker
+
+from .._errors import MissingDependencyError, StoreUnavailableError, UnsupportedError
+from .._urls import StoreURL, without_password
+from .memstore import MemoryStore
+
+if TYPE_CHECKING:
+    from .sqlstore import RunNotices, SQLStore
+
+EXTRA_FOR = {"sqlite": "sqlite", "postgresql": "postgres", "redis": "redis"}
+MODULES_FOR = {
+    "sqlite": ("sqlalchemy", "aiosqlite", "greenlet", "sniffio"),
+    "postgresql": ("sqlalchemy", "asyncpg", "greenlet", "sniffio"),
+    "redis": ("redis",),
+}
+
+
+def require_modules(what: str) -> None:
+    """Fail clearly when an optional dependency of a store or broker is missing (trap 16)."""
+    missing = [name for name in MODULES_FOR[what] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"the {what} store needs {', '.join(missing)}: "
+            f'pip install "fastapi-task-scheduler[{EXTRA_FOR[what]}]"'
+        )
+
+
+def current_async_library() -> str:
+    try:
+        import sniffio
+    except ImportError:  # pragma: no cover - installed with every persistent store's extra
+        return "unknown"
+    return str(sniffio.current_async_library())
+
+
+async def open_memory_store(
+    broker_url: str | None, *, connect_timeout: float
+) -> tuple[MemoryStore, EventBroker]:
+    """The in-process store, and Redis or the in-process broker."""
+    broker = await _redis_broker(broker_url, connect_timeout) if broker_url else None
+    return MemoryStore(), broker or LocalEventBroker()
+
+
+async def open_sql_store(
+    store: StoreURL,
+    broker_url: str | None,
+    *,
+    connect_timeout: float,
+    exit_stack: AsyncExitStack,
+    notices: RunNotices,
+) -> tuple[SQLStore, EventBroker]:
+    """The SQL data store and event broker for ``store``; resources close with ``exit_stack``.
+
+    ``notices`` hears of the fires the store records on its own (abandoned by a dead
+    process, skipped at max_instances across processes).
+    """
+    library = current_async_library()
+    if library != "asyncio":
+        raise UnsupportedError(
+            f"the {store.kind} store needs asyncio (APScheduler's SQL data store is "
+            f"asyncio-only), but this is {library}: run on asyncio, or use memory://"
+        )
+    require_modules(store.kind)
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from .serializer import SafeJSONSerializer
+    from .sqlstore import SQLStore, ensure_schema
+
+    assert store.sqlalchemy_url is not None
+    connect_args: dict[str, Any] = {}
+    if store.kind == "postgresql":
+        connect_args["timeout"] = connect_timeout
+    engine = create_async_engine(store.sqlalchemy_url, connect_args=connect_args)
+    exit_stack.push_async_callback(engine.dispose)
+    try:
+        with anyio.fail_after(connect_timeout):
+            async with engine.connect():
+                pass
+    except Exception as exc:
+        raise StoreUnavailableError(
+            f"cannot reach the store {store.display} within {connect_timeout} s: {exc}"
+        ) from exc
+    if store.schema is not None:
+        await ensure_schema(engine, store.schema)
+    data_store = SQLStore(
+        engine, schema=store.schema, serializer=SafeJSONSerializer(), notices=notices
+    )
+    event_broker: EventBroker
+    if broker_url:
+        event_broker = await _redis_broker(broker_url, connect_timeout)
+    elif store.kind == "postgresql":
+        import sniffio
+        from apscheduler.eventbrokers.asyncpg import AsyncpgEventBroker
+
+        # 4.0.0a6's asyncpg broker spawns a task from asyncpg's notification callback,
+        # which runs outside any task: with sniffio installed (the SQL store needs it)
+        # anyio then cannot tell the event loop, and under plain asyncio (uvicorn) every
+        # notification is dropped - and peers never wake. The callbacks run in the context
+        # of the task that connects, which copies ours: name the library there.
+        sniffio.current_async_library_cvar.set("asyncio")
+
+        # One NOTIFY channel per schema: schedulers of other schemas never wake ours.
+        channel = "task_scheduler" if store.schema is None else f"task_scheduler_{store.schema}"
+        event_broker = AsyncpgEventBroker.from_async_sqla_engine(engine, channel=channel)
+    else:
+        event_broker = LocalEventBroker()  # SQLite: one process only
+    return data_store, event_broker
+
+
+async def _redis_broker(url: str, connect_timeout: float) -> EventBroker:
+    require_modules("redis")
+    from apscheduler.eventbrokers.redis import RedisEventBroker
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url, socket_connect_timeout=connect_timeout)
+    try:
+        with anyio.fail_after(connect_timeout):
+            await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        raise StoreUnavailableError(
+            f"cannot reach the event broker {without_password(urlsplit(url))} within "
+            f"{connect_timeout} s: {exc}"
+        ) from exc
+    await client.aclose()
+    return RedisEventBroker(url)

@@ -1,0 +1,380 @@
+"""The seam between the scheduler and a kind of store: how jobs live in the engine.
+
+One interface, :class:`Backend`, and two implementations chosen once from the store URL:
+
+- :class:`MemoryBackend` (``memory://``): one process, every job scheduled under one engine
+  task, nothing survives the process; a sibling process running the same jobs on its own
+  memory store is warned about.
+- :class:`SQLBackend` (``sqlite://``, ``postgresql://``): each job its own engine task (its
+  ``max_instances`` holds across processes) and its definition stored with its schedule;
+  declared jobs are reconciled with the store at start, jobs other processes added are
+  adopted, dead processes' runs are recorded by the store (through the executor's notices),
+  and a stopping process gives its claims back.
+
+The lifecycle and the facade call only what :class:`Backend` declares; everything about a
+store's kind is decided here, never by testing a flag elsewhere.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from apscheduler import (
+    AsyncScheduler,
+    CoalescePolicy,
+    ConflictPolicy,
+    Job,
+    Schedule,
+    TaskLookupError,
+)
+from apscheduler.abc import DataStore, EventBroker
+
+from ._aps.engine import EXECUTOR_NAME, MEMORY_TASK_ID, make_engine, run_by_executor
+from ._aps.errors import engine_errors
+from ._aps.leases import CLEANUP_INTERVAL, LEASE_DURATION
+from ._aps.serializer import SafeJSONSerializer
+from ._aps.stores import open_memory_store, open_sql_store
+from ._clock import utcnow
+from ._config import SchedulerConfig
+from ._executor import TaskExecutor
+from ._jobs import JobSpec
+from ._log import logger
+from ._reconcile import (
+    as_metadata,
+    check_storable,
+    plan,
+    spec_from_definition,
+    stored_definition,
+)
+from ._registry import JobRegistry, JobRuntime
+from ._siblings import warn_about_siblings
+from ._triggers import DateSpec
+from ._urls import StoreURL, parse_store_url
+
+
+class Backend(Protocol):
+    """How jobs are placed in the engine, for one kind of store."""
+
+    def check_storable(self, spec: JobSpec) -> None:
+        """Raise :class:`InvalidValueError` if this store could not hold ``spec``."""
+
+    def adopt(self, job: Job) -> JobRuntime | None:
+        """The job of a fire nobody here declared (another process added it), or None."""
+
+    async def open(
+        self, exit_stack: AsyncExitStack, executor: TaskExecutor, identity: str
+    ) -> AsyncScheduler:
+        """Open the store and broker (closed by ``exit_stack``); the engine that runs them."""
+
+    async def install_all(self, engine: AsyncScheduler) -> None:
+        """Place every registered job in the engine (at each engine start)."""
+
+    async def place(self, engine: AsyncScheduler, runtime: JobRuntime) -> None:
+        """Place one job added while the engine runs."""
+
+    async def remove(self, engine: AsyncScheduler, job_id: str) -> None:
+        """Take a job out of the engine."""
+
+    async def pause(self, engine: AsyncScheduler, job_id: str) -> None:
+        """Stop firing the job's schedule."""
+
+    async def resume(self, engine: AsyncScheduler, job_id: str) -> None:
+        """Fire the job's schedule again, from now on."""
+
+    async def schedules(
+        self, engine: AsyncScheduler, ids: set[str] | None = None
+    ) -> dict[str, Schedule]:
+        """The engine's schedules (of ``ids``), by job id."""
+
+    def stop_taking_jobs(self, engine: AsyncScheduler) -> None:
+        """Draining: fires still coming due go to other processes, or wait for a restart."""
+
+    async def stop_claiming(self, engine: AsyncScheduler, grace: float) -> None:
+        """Claim no more schedules; wait up to ``grace`` s for the batch in hand."""
+
+    async def release_claims(self, engine: AsyncScheduler, identity: str) -> int:
+        """After a clean stop: give back what this process still claims; return how many."""
+
+
+def make_backend(config: SchedulerConfig, registry: JobRegistry) -> Backend:
+    """The backend for ``config.store``."""
+    store = parse_store_url(config.store)
+    if store.kind == "memory":
+        return MemoryBackend(config, registry)
+    return SQLBackend(config, registry, store)
+
+
+class _EngineBackend:
+    """What both backends share: placing a schedule, and the engine's settings."""
+
+    def __init__(self, config: SchedulerConfig, registry: JobRegistry) -> None:
+        self._config = config
+        self._registry = registry
+        self._tz: ZoneInfo = config.tzinfo
+
+    def _engine(
+        self,
+        data_store: DataStore,
+        event_broker: EventBroker,
+        executor: TaskExecutor,
+        identity: str,
+    ) -> AsyncScheduler:
+        return make_engine(
+            data_store=data_store,
+            event_broker=event_broker,
+            executor=executor,
+            identity=identity,
+            max_concurrent_jobs=self._config.max_concurrent_jobs,
+        )
+
+    async def _task_for(self, engine: AsyncScheduler, spec: JobSpec) -> str:
+        """The engine task ``spec`` is scheduled under (configured if need be)."""
+        raise NotImplementedError
+
+    def _metadata(self, spec: JobSpec) -> dict[str, Any]:
+        return {}
+
+    async def _schedule(
+        self,
+        engine: AsyncScheduler,
+        runtime: JobRuntime,
+        now: datetime,
+        *,
+        allow_past: bool,
+        # Trap 11 (4.0.0a6): the default do_nothing keeps an old definition silently.
+        policy: ConflictPolicy = ConflictPolicy.exception,
+    ) -> None:
+        """Hand one job to the engine; a trigger with nothing left marks it finished."""
+        spec = runtime.spec
+        trigger = spec.trigger.build(now, allow_past=allow_past)
+        if trigger is None:
+            self._registry.finished.add(spec.id)
+            if isinstance(spec.trigger, DateSpec) and runtime.last is None:
+                logger.warning(
+                    "one-time job %r was due at %s, which passed before the scheduler started: "
+                    "it will not run",
+                    spec.id,
+                    spec.trigger.run_at.astimezone(self._tz).isoformat(),
+                )
+            return
+        self._registry.finished.discard(spec.id)
+        task_id = await self._task_for(engine, spec)
+        with engine_errors(spec.id):
+            await engine.add_schedule(
+                task_id,
+                trigger,
+                id=spec.id,
+                paused=runtime.paused,
+                coalesce=CoalescePolicy.latest if spec.options.coalesce else CoalescePolicy.all,
+                misfire_grace_time=None,
+                metadata=self._metadata(spec),
+                conflict_policy=policy,
+            )
+
+    async def place(self, engine: AsyncScheduler, runtime: JobRuntime) -> None:
+        await self._schedule(engine, runtime, utcnow(), allow_past=True)
+
+    async def pause(self, engine: AsyncScheduler, job_id: str) -> None:
+        with engine_errors(job_id):
+            await engine.pause_schedule(job_id)
+
+    async def resume(self, engine: AsyncScheduler, job_id: str) -> None:
+        with engine_errors(job_id):
+            await engine.unpause_schedule(job_id, resume_from="now")
+
+    async def schedules(
+        self, engine: AsyncScheduler, ids: set[str] | None = None
+    ) -> dict[str, Schedule]:
+        """The engine's schedules (of ``ids``), by job id."""
+        found = await engine.data_store.get_schedules(ids)
+        return {schedule.id: schedule for schedule in found}
+
+    # Memory store: nothing to drain beyond the executor's own.
+    def stop_taking_jobs(self, engine: AsyncScheduler) -> None:
+        pass
+
+    async def stop_claiming(self, engine: AsyncScheduler, grace: float) -> None:
+        pass
+
+    async def release_claims(self, engine: AsyncScheduler, identity: str) -> int:
+        return 0
+
+
+class MemoryBackend(_EngineBackend):
+    """``memory://``: one process; every job under one engine task."""
+
+    def check_storable(self, spec: JobSpec) -> None:
+        pass  # anything callable runs from memory
+
+    def adopt(self, job: Job) -> JobRuntime | None:
+        return None  # one process: every job is declared or added here
+
+    async def open(
+        self, exit_stack: AsyncExitStack, executor: TaskExecutor, identity: str
+    ) -> AsyncScheduler:
+        data_store, event_broker = await open_memory_store(
+            self._config.event_broker, connect_timeout=self._config.connect_timeout
+        )
+        engine = self._engine(data_store, event_broker, executor, identity)
+        declared = [runtime.spec.id for runtime in self._registry if runtime.spec.declared]
+        lock = warn_about_siblings(declared)
+        if lock is not None:
+            exit_stack.callback(lock.release)
+        return engine
+
+    async def install_all(self, engine: AsyncScheduler) -> None:
+        await engine.configure_task(
+            MEMORY_TASK_ID,
+            func=run_by_executor,
+            job_executor=EXECUTOR_NAME,
+            max_running_jobs=None,  # max_instances is ours, per job (trap 7)
+            misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
+        )
+        now = utcnow()
+        for runtime in self._registry:
+            await self._schedule(engine, runtime, now, allow_past=False)
+
+    async def _task_for(self, engine: AsyncScheduler, spec: JobSpec) -> str:
+        # One engine task for every job (configured by install_all): no limit to keep per
+        # task in one process, and ~180 B less per job (memory per idle schedule). The
+        # executor finds each fire's job by its schedule id, which is the job id.
+        return MEMORY_TASK_ID
+
+    async def remove(self, engine: AsyncScheduler, job_id: str) -> None:
+        await engine.remove_schedule(job_id)  # jobs share one task: it stays
+
+
+class SQLBackend(_EngineBackend):
+    """``sqlite://`` and ``postgresql://``: schedules and job definitions in the database."""
+
+    def __init__(self, config: SchedulerConfig, registry: JobRegistry, store: StoreURL) -> None:
+        super().__init__(config, registry)
+        self._store = store
+        self._serializer = SafeJSONSerializer()
+        self._data_store: Any = None
+        """The SQLStore of the current run (sqlalchemy is optional: typed loosely)."""
+
+    def check_storable(self, spec: JobSpec) -> None:
+        check_storable(spec, self._serializer)
+
+    async def open(
+        self, exit_stack: AsyncExitStack, executor: TaskExecutor, identity: str
+    ) -> AsyncScheduler:
+        data_store, event_broker = await open_sql_store(
+            self._store,
+            self._config.event_broker,
+            connect_timeout=self._config.connect_timeout,
+            exit_stack=exit_stack,
+            notices=executor,
+        )
+        self._data_store = data_store
+        engine = self._engine(data_store, event_broker, executor, identity)
+        # Recover from a dead process within ~10 s rather than 30 s or 15 min.
+        engine.lease_duration = timedelta(seconds=LEASE_DURATION)
+        engine.cleanup_interval = timedelta(seconds=CLEANUP_INTERVAL)
+        return engine
+
+    async def _configure_task(self, engine: AsyncScheduler, spec: JobSpec) -> None:
+        """The job's own engine task."""
+        with engine_errors(spec.id):
+            # Traps 1 and 2 (4.0.0a6): configure the task by explicit id and schedule by that
+            # id, never by the callable: scheduling by callable resets the task's settings,
+            # and closures, lambdas and bound methods cannot be referenced by name.
+            await engine.configure_task(
+                spec.id,
+                func=spec.func,
+                job_executor=EXECUTOR_NAME,
+                # max_instances is ours: a fire at the limit is skipped, never queued (trap
+                # 7). Several processes share the engine's per-task count, which SQLStore
+                # keeps exact and turns into a skip when a fire comes due at the limit.
+                max_running_jobs=spec.options.max_instances,
+                misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
+            )
+
+    async def _task_for(self, engine: AsyncScheduler, spec: JobSpec) -> str:
+        await self._configure_task(engine, spec)
+        return spec.id
+
+    def _metadata(self, spec: JobSpec) -> dict[str, Any]:
+        return dict(as_metadata(spec))  # the definition travels with the schedule
+
+    async def install_all(self, engine: AsyncScheduler) -> None:
+        """Reconcile the declared jobs with the store, and adopt the jobs added at run time."""
+        registry = self._registry
+        specs = {spec.id: spec for spec in registry.specs()}
+        for spec in specs.values():
+            check_storable(spec, self._serializer, resolve=True)
+        todo = plan(specs, list(await engine.get_schedules()))
+        for spec in todo.create:
+            # do_nothing: several processes starting at once each try to create it.
+            await self._schedule(
+                engine, registry[spec.id], utcnow(), allow_past=False,
+                policy=ConflictPolicy.do_nothing,
+            )  # fmt: skip
+        for spec, schedule in todo.keep:
+            registry[spec.id].paused = schedule.paused  # the store's pause state and next
+            await self._configure_task(engine, spec)  # fire time stay
+        for spec in todo.replace:
+            runtime = registry[spec.id]
+            stored = await self.schedules(engine, {spec.id})
+            if spec.id in stored:
+                runtime.paused = stored[spec.id].paused
+            # A changed definition gets a fresh trigger from now: no extra run (trap 11).
+            await self._schedule(
+                engine, runtime, utcnow(), allow_past=False, policy=ConflictPolicy.replace
+            )
+            logger.info("job %r changed since it was stored: updated", spec.id)
+        for job_id in todo.remove:
+            await engine.remove_schedule(job_id)
+            await self._remove_task(engine, job_id)
+            logger.info("job %r is no longer declared: removed from the store", job_id)
+        for job_id, data, schedule in todo.adopt:
+            runtime_or_none = self._load(job_id, data, paused=schedule.paused)
+            if runtime_or_none is not None:
+                await self._configure_task(engine, runtime_or_none.spec)
+
+    def _load(self, job_id: str, data: dict[str, Any], *, paused: bool) -> JobRuntime | None:
+        """Register a job added at run time (here earlier, or by another process)."""
+        try:
+            spec = spec_from_definition(job_id, data, self._tz)
+        except Exception as exc:
+            logger.error("stored job %r cannot be loaded, it will not run here: %s", job_id, exc)
+            return None
+        return self._registry.put(spec, paused=paused)
+
+    def adopt(self, job: Job) -> JobRuntime | None:
+        """Take over a job another process added at run time, from its fire's metadata."""
+        data = stored_definition(job)
+        if data is None or job.task_id in self._registry:
+            return None
+        return self._load(job.task_id, data, paused=False)
+
+    async def remove(self, engine: AsyncScheduler, job_id: str) -> None:
+        await engine.remove_schedule(job_id)
+        await self._remove_task(engine, job_id)
+
+    @staticmethod
+    async def _remove_task(engine: AsyncScheduler, job_id: str) -> None:
+        try:
+            await engine.data_store.remove_task(job_id)
+        except TaskLookupError:
+            pass
+
+    def stop_taking_jobs(self, engine: AsyncScheduler) -> None:
+        # A shared store's fires go to the other processes (or wait for the next start)
+        # rather than being taken here only to be cancelled.
+        if self._data_store is not None:
+            self._data_store.stop_taking_jobs()
+
+    async def stop_claiming(self, engine: AsyncScheduler, grace: float) -> None:
+        if self._data_store is not None:
+            await self._data_store.stop_claiming(grace)
+
+    async def release_claims(self, engine: AsyncScheduler, identity: str) -> int:
+        if self._data_store is None:
+            return 0
+        count: int = await self._data_store.release_claims(identity)
+        return count

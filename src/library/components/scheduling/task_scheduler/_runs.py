@@ -1,0 +1,123 @@
+"""Run records: one per attempt, kept cheap on the hot path, turned into :class:`RunInfo` on demand.
+
+Also the counters per outcome, the one log line per finished attempt, and retry delays.
+Run ids are this process's random prefix and a counter: unique in the process without a
+uuid per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import count
+from zoneinfo import ZoneInfo
+
+from ._log import logger
+from ._models import Outcome, RunCounts, RunInfo
+
+RUN_ID_PREFIX = secrets.token_hex(4)
+"""This process's run id prefix."""
+next_seq = count(1).__next__
+"""The next run number of this process (every scheduler of the process draws from it)."""
+
+RETRY_DELAY_CAP = 300.0
+"""Seconds: exponential retry backoff never waits longer than this."""
+
+OUTCOMES = tuple(Outcome)
+OUTCOME_INDEX = {outcome: index for index, outcome in enumerate(OUTCOMES)}
+NO_COUNTS: tuple[int, ...] = (0,) * len(OUTCOMES)
+"""The shared zero counts of every job that has not finished a run yet."""
+
+_LOG_LEVELS = {
+    Outcome.success: logging.INFO,
+    Outcome.cancelled: logging.INFO,
+    Outcome.timed_out: logging.WARNING,
+    Outcome.skipped: logging.WARNING,
+    Outcome.missed: logging.WARNING,
+    Outcome.error: logging.ERROR,
+    Outcome.abandoned: logging.ERROR,
+}
+
+
+@dataclass(slots=True, eq=False)
+class RunRecord:
+    """One attempt, as the executor keeps it (a RunInfo is only built when someone asks)."""
+
+    seq: int
+    job_id: str
+    attempt: int
+    scheduled_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outcome: Outcome | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        return f"{RUN_ID_PREFIX}-{self.seq}"
+
+    @property
+    def duration(self) -> float | None:
+        started, finished = self.started_at, self.finished_at
+        if started is None or finished is None:
+            return None
+        return (finished - started).total_seconds()
+
+    def info(self, tz: ZoneInfo) -> RunInfo:
+        started, finished = self.started_at, self.finished_at
+        return RunInfo.model_construct(
+            run_id=self.run_id,
+            job_id=self.job_id,
+            attempt=self.attempt,
+            scheduled_at=self.scheduled_at.astimezone(tz),
+            started_at=None if started is None else started.astimezone(tz),
+            finished_at=None if finished is None else finished.astimezone(tz),
+            duration=self.duration,
+            outcome=self.outcome,
+            error_type=self.error_type,
+            error_message=self.error_message,
+        )
+
+
+def run_counts(counts: list[int] | tuple[int, ...]) -> RunCounts:
+    """Counters in ``Outcome`` order as the public model."""
+    return RunCounts(**{o.value: n for o, n in zip(OUTCOMES, counts, strict=True)})
+
+
+def log_run(record: RunRecord, exc: BaseException | None) -> None:
+    """The one log line of a finished attempt; formats nothing no handler wants."""
+    outcome = record.outcome
+    assert outcome is not None
+    level = _LOG_LEVELS[outcome]
+    if not logger.isEnabledFor(level):
+        return
+    run_id = record.run_id
+    extra = {
+        "job_id": record.job_id,
+        "run_id": run_id,
+        "outcome": outcome.value,
+        "duration": record.duration,
+        "attempt": record.attempt,
+    }
+    detail = f": {record.error_message}" if record.error_message else ""
+    logger.log(
+        level,
+        "job %r run %s (attempt %d) %s%s",
+        record.job_id,
+        run_id,
+        record.attempt,
+        outcome.value,
+        detail,
+        extra=extra,
+        exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
+    )
+
+
+def retry_delay(base: float, retry: int) -> float:
+    """Seconds before retry number ``retry`` (1-based): doubling from ``base``, capped, jittered."""
+    delay = min(base * 2.0 ** (retry - 1), max(base, RETRY_DELAY_CAP))
+    return delay * random.uniform(0.5, 1.0)
