@@ -12,7 +12,7 @@
     app = FastAPI(lifespan=scheduler.lifespan)
 """
 
-from importlib.metadata import PackageNotFoundError
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from ._config import JobDefaults, SchedulerConfig
@@ -42,7 +42,7 @@ from ._scheduler import TaskScheduler
 
 try:
     __version__ = _version("fastapi-task-scheduler")
-except PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+except _PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [

@@ -9,7 +9,6 @@ process that finds it taken logs a WARNING that says which setting fixes it.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks, no warning
     fcntl = None  # type: ignore[assignment]
 
-logger = logging.getLogger("library.components.scheduling.task_scheduler")
+from ._log import logger
 
 
 class SiblingLock:

@@ -1,0 +1,105 @@
+"""The floor plan, checked from the code's own imports (see docs/architecture.md).
+
+- no import cycle between the package's modules;
+- nothing outside ``_aps/`` imports a private module of APScheduler (``apscheduler._*``);
+- the ``_aps/`` layer never imports the layers above it (only ``_errors``, ``_log``,
+  ``_clock``, ``_shared``, ``_urls``);
+- the modules at the bottom import nothing of the package above them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import library.components.scheduling.task_scheduler as task_scheduler
+
+PACKAGE = Path(task_scheduler.__file__).parent
+NAME = task_scheduler.__name__
+
+BOTTOM = {"_errors", "_log", "_clock", "_shared", "_models"}
+"""Modules every layer may import; they import nothing of the package (but _errors)."""
+APS_MAY_IMPORT = BOTTOM | {"_urls"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(part for part in parts if part != "__init__") or "__init__"
+
+
+def imports_of(path: Path) -> set[str]:
+    """Package modules (dotted, relative to the package) and apscheduler modules imported."""
+    tree = ast.parse(path.read_text())
+    package_parts = list(path.relative_to(PACKAGE).parent.parts)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("apscheduler"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                module = node.module or ""
+                if module.startswith("apscheduler"):
+                    found.add(module)
+                elif module.startswith(NAME + "."):
+                    found.add(module[len(NAME) + 1 :])
+                continue
+            base = package_parts[: len(package_parts) - (node.level - 1)]
+            if node.module:
+                found.add(".".join([*base, node.module]))
+            else:
+                found.update(".".join([*base, alias.name]) for alias in node.names)
+    return {name for name in found if name}
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+GRAPH = {name: imports_of(path) for name, path in MODULES.items()}
+
+
+def package_imports(name: str) -> set[str]:
+    return {dep for dep in GRAPH[name] if not dep.startswith("apscheduler") and dep in MODULES}
+
+
+def test_the_graph_is_read() -> None:
+    assert "_scheduler" in package_imports("__init__")
+    assert "_aps.engine" in package_imports("_backend")
+
+
+def test_no_import_cycles() -> None:
+    seen: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if seen.get(name) == "done":
+            return
+        if seen.get(name) == "visiting":
+            cycle = [*path[path.index(name) :], name]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        seen[name] = "visiting"
+        for dep in sorted(package_imports(name)):
+            visit(dep, [*path, dep])
+        seen[name] = "done"
+
+    for name in sorted(MODULES):
+        visit(name, [name])
+
+
+@pytest.mark.parametrize("name", sorted(name for name in MODULES if not name.startswith("_aps")))
+def test_no_private_apscheduler_module_outside_the_adapter_layer(name: str) -> None:
+    private = sorted(dep for dep in GRAPH[name] if dep.startswith("apscheduler._"))
+    assert private == [], f"{name} imports {private}: move that code into _aps/"
+
+
+@pytest.mark.parametrize("name", sorted(name for name in MODULES if name.startswith("_aps")))
+def test_the_adapter_layer_imports_only_downwards(name: str) -> None:
+    above = sorted(
+        dep
+        for dep in package_imports(name)
+        if not dep.startswith("_aps") and dep not in APS_MAY_IMPORT
+    )
+    assert above == [], f"{name} imports {above}, a layer above _aps/"
+
+
+@pytest.mark.parametrize("name", sorted(BOTTOM))
+def test_the_bottom_modules_import_nothing_above_them(name: str) -> None:
+    assert package_imports(name) <= {"_errors"}
