@@ -17,9 +17,10 @@ store's kind is decided here, never by testing a flag elsewhere.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from apscheduler import (
@@ -53,6 +54,9 @@ from ._registry import JobRegistry, JobRuntime
 from ._siblings import warn_about_siblings
 from ._triggers import DateSpec
 from ._urls import StoreURL, parse_store_url
+
+if TYPE_CHECKING:  # sqlalchemy is an optional dependency
+    from ._aps.sqlstore import SQLStore
 
 
 class Backend(Protocol):
@@ -89,13 +93,13 @@ class Backend(Protocol):
     ) -> dict[str, Schedule]:
         """The engine's schedules (of ``ids``), by job id."""
 
-    def stop_taking_jobs(self, engine: AsyncScheduler) -> None:
+    def stop_taking_jobs(self) -> None:
         """Draining: fires still coming due go to other processes, or wait for a restart."""
 
-    async def stop_claiming(self, engine: AsyncScheduler, grace: float) -> None:
+    async def stop_claiming(self, grace: float) -> None:
         """Claim no more schedules; wait up to ``grace`` s for the batch in hand."""
 
-    async def release_claims(self, engine: AsyncScheduler, identity: str) -> int:
+    async def release_claims(self, identity: str) -> int:
         """After a clean stop: give back what this process still claims; return how many."""
 
 
@@ -107,7 +111,7 @@ def make_backend(config: SchedulerConfig, registry: JobRegistry) -> Backend:
     return SQLBackend(config, registry, store)
 
 
-class _EngineBackend:
+class _EngineBackend(ABC):
     """What both backends share: placing a schedule, and the engine's settings."""
 
     def __init__(self, config: SchedulerConfig, registry: JobRegistry) -> None:
@@ -130,9 +134,9 @@ class _EngineBackend:
             max_concurrent_jobs=self._config.max_concurrent_jobs,
         )
 
+    @abstractmethod
     async def _task_for(self, engine: AsyncScheduler, spec: JobSpec) -> str:
         """The engine task ``spec`` is scheduled under (configured if need be)."""
-        raise NotImplementedError
 
     def _metadata(self, spec: JobSpec) -> dict[str, Any]:
         return {}
@@ -192,16 +196,6 @@ class _EngineBackend:
         found = await engine.data_store.get_schedules(ids)
         return {schedule.id: schedule for schedule in found}
 
-    # Memory store: nothing to drain beyond the executor's own.
-    def stop_taking_jobs(self, engine: AsyncScheduler) -> None:
-        pass
-
-    async def stop_claiming(self, engine: AsyncScheduler, grace: float) -> None:
-        pass
-
-    async def release_claims(self, engine: AsyncScheduler, identity: str) -> int:
-        return 0
-
 
 class MemoryBackend(_EngineBackend):
     """``memory://``: one process; every job under one engine task."""
@@ -246,6 +240,16 @@ class MemoryBackend(_EngineBackend):
     async def remove(self, engine: AsyncScheduler, job_id: str) -> None:
         await engine.remove_schedule(job_id)  # jobs share one task: it stays
 
+    # One process: nothing to leave to others or to give back at a stop.
+    def stop_taking_jobs(self) -> None:
+        pass
+
+    async def stop_claiming(self, grace: float) -> None:
+        pass
+
+    async def release_claims(self, identity: str) -> int:
+        return 0
+
 
 class SQLBackend(_EngineBackend):
     """``sqlite://`` and ``postgresql://``: schedules and job definitions in the database."""
@@ -254,8 +258,8 @@ class SQLBackend(_EngineBackend):
         super().__init__(config, registry)
         self._store = store
         self._serializer = SafeJSONSerializer()
-        self._data_store: Any = None
-        """The SQLStore of the current run (sqlalchemy is optional: typed loosely)."""
+        self._data_store: SQLStore | None = None
+        """The store of the current run (its drain calls)."""
 
     def check_storable(self, spec: JobSpec) -> None:
         check_storable(spec, self._serializer)
@@ -363,18 +367,17 @@ class SQLBackend(_EngineBackend):
         except TaskLookupError:
             pass
 
-    def stop_taking_jobs(self, engine: AsyncScheduler) -> None:
+    def stop_taking_jobs(self) -> None:
         # A shared store's fires go to the other processes (or wait for the next start)
         # rather than being taken here only to be cancelled.
         if self._data_store is not None:
             self._data_store.stop_taking_jobs()
 
-    async def stop_claiming(self, engine: AsyncScheduler, grace: float) -> None:
+    async def stop_claiming(self, grace: float) -> None:
         if self._data_store is not None:
             await self._data_store.stop_claiming(grace)
 
-    async def release_claims(self, engine: AsyncScheduler, identity: str) -> int:
+    async def release_claims(self, identity: str) -> int:
         if self._data_store is None:
             return 0
-        count: int = await self._data_store.release_claims(identity)
-        return count
+        return await self._data_store.release_claims(identity)

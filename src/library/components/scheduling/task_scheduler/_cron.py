@@ -56,6 +56,11 @@ The trigger is stateful: the first ``next()`` returns the first fire time at or 
 ``start_time`` (default: the time of construction), each following call the next one
 strictly after the previous; ``None`` once past ``end_time`` (inclusive) or when a
 bounded ``year`` set is exhausted.
+
+One module of ~1,100 lines on purpose: parsing, validation messages, the DST walk and the
+plain-data state are one concept (a cron trigger) whose parts share the same field tables;
+split, each part would import all the others. Its class path is stored in users'
+databases (``_cron:CronTrigger``) and must not move.
 """
 
 from __future__ import annotations

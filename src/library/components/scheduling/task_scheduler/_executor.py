@@ -41,8 +41,6 @@ from ._runs import OUTCOME_INDEX, RunRecord, log_run, next_seq, retry_delay
 RETRY_BUFFER = 1000
 """Retries of abandoned runs waiting to start (each is a job id: a small buffer is plenty)."""
 
-_now = utcnow
-
 
 @dataclass(slots=True, eq=False)
 class RunRequest:
@@ -185,7 +183,7 @@ class TaskExecutor(JobExecutor):
     def _record_unrun(self, runtime: JobRuntime, job: Job, outcome: Outcome, message: str) -> None:
         scheduled = job.scheduled_fire_time or job.created_at
         record = RunRecord(next_seq(), runtime.spec.id, 1, scheduled)
-        record.finished_at = _now()
+        record.finished_at = utcnow()
         self._finish(runtime, record, outcome, None, message)
 
     # -- run now -----------------------------------------------------------------------
@@ -202,7 +200,7 @@ class TaskExecutor(JobExecutor):
         runtime = self._jobs.get(job_id)
         if runtime is None:
             raise JobNotFoundError(job_id)
-        record = RunRecord(next_seq(), job_id, 1, _now())
+        record = RunRecord(next_seq(), job_id, 1, utcnow())
         if runtime.running >= runtime.spec.options.max_instances:
             record.finished_at = record.scheduled_at
             self._finish(runtime, record, Outcome.skipped, None, None)
@@ -239,7 +237,7 @@ class TaskExecutor(JobExecutor):
         if runtime.paused:
             # Enqueued before the job was paused: on a shared store it can wait in the queue
             # (a stopping process leaves it there) until after a restart. No run starts.
-            record.finished_at = _now()
+            record.finished_at = utcnow()
             self._finish(runtime, record, Outcome.skipped, None, "the job was paused")
             return
         options = spec.options
@@ -251,13 +249,13 @@ class TaskExecutor(JobExecutor):
             await self._jitter(options.jitter, grace, fire_time)
         while True:
             if self._draining:
-                record.finished_at = _now()
+                record.finished_at = utcnow()
                 self._finish(runtime, record, Outcome.cancelled, None, "scheduler is shutting down")
                 return
             if runtime.running < options.max_instances:
                 break
             if options.coalesce or not self._in_backlog(runtime, fire_time):
-                record.finished_at = _now()
+                record.finished_at = utcnow()
                 message = (
                     f"{runtime.running} run(s) in progress, "
                     f"max_instances is {options.max_instances}"
@@ -274,7 +272,7 @@ class TaskExecutor(JobExecutor):
 
     def _missed(self, runtime: JobRuntime, record: RunRecord, grace: float) -> bool:
         """Record the fire as ``missed`` if it is later than ``grace`` seconds now."""
-        now = _now()
+        now = utcnow()
         late = (now - record.scheduled_at).total_seconds()
         if late <= grace:
             return False
@@ -318,7 +316,7 @@ class TaskExecutor(JobExecutor):
         # long that the run would pass its misfire_grace_time.
         limit = jitter
         if grace is not None:
-            limit = min(limit, grace - (_now() - fire_time).total_seconds())
+            limit = min(limit, grace - (utcnow() - fire_time).total_seconds())
         if limit > 0:
             await anyio.sleep(random.uniform(0, limit))
 
@@ -338,7 +336,7 @@ class TaskExecutor(JobExecutor):
                 runtime.add_active(record)
                 if not await self._retry_wait(retry_delay(options.retry_delay, record.attempt - 1)):
                     runtime.drop_active(record)
-                    record.finished_at = _now()
+                    record.finished_at = utcnow()
                     self._finish(runtime, record, Outcome.cancelled, None, "scheduler stopped")
                     return record
         finally:
@@ -359,7 +357,7 @@ class TaskExecutor(JobExecutor):
     async def _attempt(self, runtime: JobRuntime, record: RunRecord) -> Outcome:
         spec = runtime.spec
         timeout = spec.options.timeout
-        record.started_at = _now()
+        record.started_at = utcnow()
         try:
             if timeout is None:
                 await self._call(spec)
@@ -419,7 +417,7 @@ class TaskExecutor(JobExecutor):
         message: str | None,
         error_type: str | None = None,
     ) -> Outcome:
-        record.finished_at = _now()
+        record.finished_at = utcnow()
         runtime.drop_active(record)
         self._finish(runtime, record, outcome, exc, message, error_type)
         return outcome

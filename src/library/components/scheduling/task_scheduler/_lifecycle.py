@@ -257,7 +257,7 @@ class Lifecycle:
         """After a clean stop, give back what the engine still claims (SQL stores)."""
         try:
             with anyio.fail_after(TEARDOWN_GRACE):
-                count = await self._backend.release_claims(engine, self._identity)
+                count = await self._backend.release_claims(self._identity)
         except Exception as exc:
             logger.warning("could not give back claimed schedules at shutdown: %s", exc)
         else:
@@ -318,7 +318,7 @@ class Lifecycle:
             try:
                 engine = self.engine
                 if engine is not None:
-                    self._backend.stop_taking_jobs(engine)
+                    self._backend.stop_taking_jobs()
                 self._executor.begin_drain()
                 timeout = self._config.shutdown_timeout
                 if not await self._executor.wait_idle(timeout):
@@ -330,7 +330,7 @@ class Lifecycle:
                 self.phase = Phase.stopping
                 self._executor.cancel_run_nows()
                 if engine is not None:
-                    await self._backend.stop_claiming(engine, TEARDOWN_GRACE)
+                    await self._backend.stop_claiming(TEARDOWN_GRACE)
                     await engine.stop()
                 await self._hooks.close()
             finally:
