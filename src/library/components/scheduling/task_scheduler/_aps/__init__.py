@@ -1,0 +1,176 @@
+"""The APScheduler adapter layer: every module that subclasses, overrides or touches the
+internals of APScheduler 4.0.0a6, and nothing else - the engine factory and the memory-store
+engine with its own schedule and job loops (``engine``), the indexed memory store
+(``memstore``), APScheduler's SQL store made safe for several processes (``sqlstore``), the
+in-process event broker (``broker``), the JSON-only serializer and callable references
+(``serializer``), APScheduler's exceptions mapped to ours (``errors``), stores and brokers
+opened from a URL (``stores``), lease settings (``leases``) and the engine version (``pin``).
+Its rule: nothing outside ``_aps/`` imports ``apscheduler._*`` or reads a private attribute
+of an APScheduler object (``test_layers.py`` checks the imports); every workaround of an
+engine defect lives in one place - here, or in the layer above where the list below says
+so - names the defect in a short comment ("trap N" as numbered in
+``docs/apscheduler-4.0.0a6.md``, "upstream #N" for APScheduler's issue tracker) and has a
+regression test that fails without it. Re-check all of them, and this list, on any engine
+upgrade: ``pin.py`` refuses any other version at import
+(``test_engine.py::test_the_engine_version_is_pinned``).
+
+Engine defects: where each is closed, and its regression test
+-------------------------------------------------------------
+
+Places are ``module:Class.method`` in the ``task_scheduler`` package (``_aps.sqlstore`` is
+``_aps/sqlstore.py``); tests are ``file::test`` by the file's base name.
+
+Traps, numbered as in the field notes:
+
+trap 1: ``add_schedule(func)`` / ``add_job(func)`` reset the task's settings
+    closed: _backend:SQLBackend._configure_task (a task per job, configured and scheduled by
+            its id); _backend:MemoryBackend._task_for (one task for all jobs, by id)
+    tests:  test_executor.py::test_max_instances_allows_that_many_at_once
+            test_scheduler.py::test_persistent_store_jobs_keep_their_own_engine_task
+trap 2: lambdas, closures, partials, bound methods cannot be referenced; ``func=None`` crashes
+    a process that did not register the task
+    closed: _backend:MemoryBackend._task_for and _aps.engine:run_by_executor (one placeholder
+            task; the executor finds each job's callable by schedule id);
+            _backend:SQLBackend._configure_task (every process configures every task);
+            _reconcile:check_storable (importable by name, else an error at declaration);
+            _backend:SQLBackend.adopt via _executor:TaskExecutor.run_job (jobs added elsewhere)
+    tests:  test_executor.py::test_any_callable_works_on_the_memory_store
+            test_persistence.py::test_unstorable_callables_fail_at_declaration
+            test_persistence.py::test_a_job_added_by_another_process_runs_here_too
+trap 3: the default executor runs plain ``def`` jobs on the event-loop thread
+    closed: _executor:TaskExecutor._call (a worker thread, abandoned on timeout or cancel)
+    test:   test_executor.py::test_sync_jobs_run_in_worker_threads
+trap 4: no per-job timeout (upstream #1005)
+    closed: _executor:TaskExecutor._attempt (``anyio.move_on_after``; outcome ``timed_out``)
+    tests:  test_executor.py::test_async_job_past_its_timeout_is_cancelled_and_recorded
+            test_executor.py::test_sync_job_past_its_timeout_is_abandoned_and_logged
+trap 5: ``stop()`` cancels running async jobs at once, no drain
+    closed: _lifecycle:Lifecycle._drain (TaskExecutor.begin_drain, then wait_idle up to
+            shutdown_timeout, before ``engine.stop()``)
+    test:   test_lifecycle.py::test_shutdown_lets_short_jobs_finish_and_cancels_long_ones
+trap 6: a crash of the engine's loops stops it for good
+    closed: _lifecycle:Lifecycle._supervise (restart with backoff; ``failed`` if too often)
+    tests:  test_lifecycle.py::test_engine_crash_is_restarted_and_reported
+            test_lifecycle.py::test_engine_that_keeps_crashing_is_given_up
+trap 7: ``max_running_jobs`` queues fires instead of skipping them
+    closed: _executor:TaskExecutor.run_job (skip at max_instances, recorded ``skipped``);
+            _backend:MemoryBackend.install_all (engine limit off); across processes
+            _aps.sqlstore:SQLStore.add_job (a fire due at the limit is not enqueued)
+    tests:  test_executor.py::test_max_instances_skips_fires_instead_of_queueing
+            test_sqlstore.py::test_a_fire_due_while_max_instances_run_anywhere_is_skipped
+            test_sqlstore.py::test_max_instances_is_a_limit_across_processes
+trap 8: ``max_jitter`` delays nothing
+    closed: _executor:TaskExecutor._jitter (never past misfire_grace_time)
+    tests:  test_executor.py::test_jitter_delays_the_start_within_its_bound
+            test_executor.py::test_jitter_never_pushes_a_run_past_misfire_grace_time
+trap 9: a paused schedule spins the stock memory store's schedule loop
+    closed: _aps.memstore:MemoryStore.next_run_time (paused schedules are in no slot)
+    tests:  test_memstore.py::test_paused_schedule_does_not_spin_the_schedule_loop
+            test_memstore.py::test_the_stock_store_still_spins (fails once upstream fixes it)
+trap 10: the stock memory store keeps every removed schedule
+    closed: _aps.memstore:MemoryStore.remove_schedules (nothing else indexes schedules)
+    test:   test_memstore.py::test_removed_schedules_leave_nothing_behind
+trap 11: ``do_nothing`` keeps an old definition silently; ``replace`` fires an interval at once
+    closed: _backend:_EngineBackend._schedule (default policy ``exception``: duplicate ids
+            fail); _backend:SQLBackend.install_all (a changed job is replaced with a fresh
+            trigger from now)
+    tests:  test_scheduler.py::test_duplicate_id_at_run_time_keeps_the_old_definition
+            test_scheduler.py::test_restart_does_not_fire_interval_jobs_at_once
+            test_persistence.py::test_changed_definition_is_updated_without_an_extra_run
+trap 12: ``get_job_result()`` pops; results are kept only with an expiration time
+    closed: avoided - engine results are never read; _executor:TaskExecutor._finish records
+            every run in the job's own history
+    test:   no dedicated test
+trap 13: an unknown ``job_executor`` name leaves the job acquired for good
+    closed: avoided - _aps.engine:make_engine registers one executor (EXECUTOR_NAME) and every
+            task is configured with it (_backend:MemoryBackend.install_all,
+            _backend:SQLBackend._configure_task); _aps.engine:MemoryEngine._run_job keeps the
+            stock behaviour
+    test:   no dedicated test
+trap 14: ``SerializationError`` has an empty message; the reason is in ``__cause__``
+    closed: _aps.errors:engine_errors
+    test:   no dedicated test
+trap 15: naive datetimes and ``CronTrigger`` use the machine's zone; fixed offsets not stored
+    closed: _triggers:as_aware (naive means the configured zone); _triggers:CronSpec._make
+            and _cron:CronTrigger (an IANA zone name, stored as a name)
+    tests:  test_scheduler.py::test_naive_datetimes_are_read_in_the_configured_timezone
+            test_triggers.py::test_interval_naive_start_is_read_in_the_configured_zone
+            test_scheduler.py::test_cron_job_runs_in_the_configured_timezone
+trap 16: the SQL store needs ``sniffio`` and ``greenlet`` without declaring them
+    closed: pyproject.toml extras ``sqlite`` and ``postgres`` (``sqlalchemy[asyncio]``,
+            ``sniffio``); _aps.stores:require_modules (a clear MissingDependencyError)
+    test:   no dedicated test
+
+Several processes on one SQL store (upstream issues, and those reproduced in the field notes):
+
+upstream #1110: a dead holder's running slot leaks for good; its job is re-acquired and run
+    twice; a late or second release decrements the count again
+    closed: _aps.sqlstore:SQLStore._release_job and SQLStore._give_back_slot (a slot comes
+            back only with the row that held it); SQLStore._sweep_abandoned_jobs (a dead
+            holder's job is released ``abandoned`` once, before anyone re-acquires it)
+    tests:  test_sqlstore.py::test_a_running_slot_comes_back_exactly_once
+            test_sqlstore.py::test_jobs_whose_lease_ran_out_are_abandoned_once_and_free_their_slot
+            test_multiprocess.py::test_kill_9_of_a_process_running_a_job
+upstream #1116: a loop blocked past the lease re-runs its own job, then crashes (KeyError)
+    closed: _aps.sqlstore:SQLStore._sweep_abandoned_jobs (a job still running here is
+            renewed, never abandoned)
+    test:   test_sqlstore.py::test_a_job_still_running_here_is_not_taken_again_after_a_blocked_loop
+a dead process is noticed only when its leases run out (30 s; slots after 15 min cleanup)
+    closed: _aps.leases:LEASE_DURATION and CLEANUP_INTERVAL (set by _backend:SQLBackend.open);
+            _aps.sqlstore:SQLStore._announce (a liveness advisory lock per process) and
+            SQLStore._free_dead_claims
+    tests:  test_sqlstore.py::test_jobs_of_a_process_that_is_gone_are_abandoned_at_once
+            test_multiprocess.py::test_kill_9_of_a_process_running_a_job
+processes starting together on an empty database race in ``create_all`` / CREATE SCHEMA
+    closed: _aps.sqlstore:SQLStore._create_metadata and _aps.sqlstore:ensure_schema
+            (``pg_advisory_xact_lock``)
+    test:   test_sqlstore.py::test_stores_starting_together_on_an_empty_database_all_start
+a dead process's schedules are invisible to ``get_next_schedule_run_time``
+    closed: _aps.sqlstore:SQLStore.get_next_schedule_run_time (also wakes for claims)
+    test:   test_sqlstore.py::test_peers_wake_within_a_sweep_while_another_process_holds_a_claim
+``stop()`` leaves schedules claimed and jobs acquired (and a stopping process takes new jobs)
+    closed: _aps.sqlstore:SQLStore.stop_taking_jobs, SQLStore.stop_claiming and
+            SQLStore.release_claims (called by _lifecycle:Lifecycle._drain and
+            Lifecycle._release_claims through the backend)
+    tests:  test_sqlstore.py::test_release_claims_gives_back_unstarted_jobs_and_schedules
+            test_sqlstore.py::test_a_draining_process_leaves_new_fires_to_the_others
+a fire is enqueued twice when a process dies before its schedule is advanced
+    closed: _aps.sqlstore:SQLStore.add_job (a ledger row per fire, in the job's transaction);
+            SQLStore._prune_fired
+    tests:  test_sqlstore.py::test_a_fire_is_enqueued_once_even_if_its_schedule_was_not_advanced
+            test_sqlstore.py::test_the_ledger_forgets_fires_its_schedule_moved_past
+the SQL store refuses trio
+    closed: _aps.stores:open_sql_store (a clear UnsupportedError)
+    test:   test_stores.py::test_persistent_store_on_trio_is_a_clear_error
+
+Found later, while building on it:
+
+the metadata validator rejects any nested ``None``
+    closed: _reconcile:as_metadata (the job definition as one JSON string)
+    test:   no dedicated test
+``AsyncpgEventBroker`` drops every NOTIFY under plain asyncio once sniffio is installed
+    closed: _aps.stores:open_sql_store (names the async library for the broker's callbacks)
+    test:   no dedicated test (test_multiprocess.py's workers run on plain asyncio)
+``SQLAlchemyDataStore`` replace clears a live claim held by another process
+    closed: _aps.sqlstore:SQLStore.add_schedule (waits for the claim; the old last fire is
+            not fired again)
+    test:   no dedicated test (test_multiprocess.py::
+            test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses pauses - a
+            replace - while peers hold claims)
+the schedule loop ignores a ``ScheduleUpdated`` without a next fire time
+    closed: _aps.sqlstore:SQLStore._free_dead_claims and SQLStore._release_schedule_claims
+            (freed claims are announced with their due time)
+    test:   test_sqlstore.py::test_schedules_claimed_by_a_process_that_is_gone_are_freed_at_once
+a decorator runs before its module binds the name ("importable by name" only at start)
+    closed: _reconcile:check_storable with ``resolve=True``, called by
+            _backend:SQLBackend.install_all
+    test:   no dedicated test
+
+No marked workaround: the 8000-byte NOTIFY payload limit (our executor records a job's
+``Exception`` itself and returns normally: no traceback reaches a ``JobReleased``) and SQLite
+shared between processes (upstream #959, #1032; a SQLite store is for one process). Ours,
+open: the sweep of a dead process's job writes no job-result row, which the stock
+``cleanup()`` writes (APScheduler's own data-store test suite, run against our stores, shows it).
+"""
+
+from __future__ import annotations
