@@ -25,6 +25,7 @@ from apscheduler import (
     Task,
 )
 from apscheduler.triggers.interval import IntervalTrigger
+from helpers import noop
 from sqlalchemy import select
 
 from library.components.scheduling.task_scheduler import Outcome, SchedulerConfig, TaskScheduler
@@ -38,11 +39,6 @@ pytestmark = pytest.mark.anyio
 
 LEASE = timedelta(seconds=30)
 LOG = logging.getLogger("tests.sqlstore")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # APScheduler's SQL store is asyncio-only
 
 
 @pytest.fixture
@@ -391,10 +387,6 @@ async def test_max_instances_is_a_limit_across_processes(pg_url: str) -> None:
     assert "max_instances is 1" in (skipped.error_message or "")
 
 
-async def tick_job() -> None:
-    pass
-
-
 async def slow_job() -> None:
     await anyio.sleep(2)
 
@@ -404,7 +396,7 @@ async def test_a_draining_process_leaves_new_fires_to_the_others(pg_url: str) ->
 
     def build() -> TaskScheduler:
         scheduler = TaskScheduler(SchedulerConfig(store=pg_url, shutdown_timeout=5))
-        scheduler.interval(seconds=0.2, id="tick")(tick_job)
+        scheduler.interval(seconds=0.2, id="tick")(noop)
         scheduler.interval(hours=1, id="slow")(slow_job)
         return scheduler
 

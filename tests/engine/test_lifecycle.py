@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import anyio
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from helpers import LOGGER, wait_for_state, wait_for_status
 from starlette.requests import Request
 
 from library.components.scheduling.task_scheduler import (
@@ -24,8 +24,6 @@ from library.components.scheduling.task_scheduler._aps.memstore import MemorySto
 from library.components.scheduling.task_scheduler.testing import wait_for_runs
 
 pytestmark = pytest.mark.anyio
-
-LOGGER = "library.components.scheduling.task_scheduler"
 
 
 async def test_shutdown_lets_short_jobs_finish_and_cancels_long_ones(anyio_backend: str) -> None:
@@ -178,9 +176,7 @@ async def test_request_stop_with_start_and_shutdown(anyio_backend: str) -> None:
     await scheduler.start()
     try:
         scheduler.request_stop()
-        with anyio.fail_after(5):
-            while (await scheduler.get_status()).state != "stopping":
-                await anyio.sleep(0.01)
+        await wait_for_state(scheduler, "stopping", limit=5)
     finally:
         await scheduler.shutdown()
     assert scheduler.state == "stopped"
@@ -214,9 +210,7 @@ async def test_engine_crash_is_restarted_and_reported(
             await scheduler.add_interval_job(lambda: None, "j", seconds=0.05)
             await wait_for_runs(scheduler, "j")
             fast_restarts["failures"] = 2
-            with anyio.fail_after(10):
-                while (await scheduler.get_status()).engine_restarts < 2:
-                    await anyio.sleep(0.01)
+            await wait_for_status(scheduler, lambda status: status.engine_restarts >= 2)
             done = (await scheduler.get_job("j")).counts.success
             await wait_for_runs(scheduler, "j", done + 2)
             status = await scheduler.get_status()
@@ -235,9 +229,7 @@ async def test_engine_that_keeps_crashing_is_given_up(
         async with scheduler:
             await scheduler.add_interval_job(lambda: None, "j", seconds=0.05)
             fast_restarts["failures"] = 1000
-            with anyio.fail_after(10):
-                while scheduler.state != "failed":
-                    await anyio.sleep(0.01)
+            await wait_for_state(scheduler, "failed")
             status = await scheduler.get_status()
     assert status.state == "failed"
     assert status.engine_restarts == 5
@@ -248,11 +240,14 @@ async def test_engine_that_keeps_crashing_is_given_up(
 def test_lifespan_with_fastapi() -> None:
     scheduler = TaskScheduler()
     calls: list[int] = []
+    finished = threading.Event()
 
     @scheduler.interval(seconds=0.05, id="tick")
     async def tick() -> None:
         calls.append(1)
 
+    # The hook runs in the scheduler's thread (the TestClient's portal): a thread-safe event.
+    scheduler.on_run_finished(lambda run: finished.set())
     app = FastAPI(lifespan=scheduler.lifespan)
 
     @app.get("/jobs")
@@ -261,9 +256,7 @@ def test_lifespan_with_fastapi() -> None:
 
     with TestClient(app) as client:
         assert scheduler.state == "running"
-        deadline = time.monotonic() + 5
-        while not calls and time.monotonic() < deadline:
-            time.sleep(0.01)
+        finished.wait(5)
         body = client.get("/jobs").json()
     assert scheduler.state == "stopped"
     assert calls

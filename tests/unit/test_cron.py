@@ -193,10 +193,11 @@ def test_hashed_fields_are_stable_across_processes() -> None:
         "start_time=datetime(2026, 1, 1, tzinfo=timezone.utc))\n"
         "print(t.next().isoformat())\n"
     )
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = Path(__file__).resolve().parents[2] / "src"  # tests/unit/ -> the checkout
+    assert (src / "library").is_dir(), src
     outputs = set()
     for seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": src}
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(src)}
         result = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )

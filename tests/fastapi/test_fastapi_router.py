@@ -15,6 +15,7 @@ import pytest
 from fastapi import Depends, FastAPI, HTTPException, Security
 from fastapi.security import APIKeyHeader
 from fastapi.testclient import TestClient
+from helpers import noop
 
 from library.components.scheduling.task_scheduler import (
     SchedulerConfig,
@@ -43,10 +44,6 @@ async def require_api_key(key: str = Security(api_key_header)) -> None:
 GUARD = [Depends(require_api_key)]
 
 gate = threading.Event()
-
-
-async def noop() -> None:
-    pass
 
 
 def blocked() -> None:
@@ -138,7 +135,7 @@ def test_job_ids_with_reserved_characters(backend: Backend) -> None:
     # Default ids are "module:qualname"; a URL-encoded id reaches the route intact.
     scheduler = TaskScheduler()
     scheduler.interval(seconds=3600)(noop)
-    job_id = f"{__name__}:noop"
+    job_id = "helpers:noop"
     with TestClient(make_app(scheduler), backend=backend) as client:
         assert client.get(f"/scheduler/jobs/{job_id}").json()["id"] == job_id
         assert client.get("/scheduler/jobs/" + job_id.replace(":", "%3A")).status_code == 200

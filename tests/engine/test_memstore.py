@@ -35,6 +35,7 @@ from apscheduler.abc import EventBroker
 from apscheduler.datastores.memory import MemoryDataStore
 from apscheduler.eventbrokers.local import LocalEventBroker
 from apscheduler.triggers.interval import IntervalTrigger
+from helpers import noop
 
 from library.components.scheduling.task_scheduler import TaskScheduler
 from library.components.scheduling.task_scheduler._aps.broker import LeanEventBroker
@@ -150,13 +151,9 @@ async def test_removed_schedules_leave_nothing_behind(anyio_backend: str) -> Non
 
 async def test_removing_jobs_does_not_grow_memory(anyio_backend: str) -> None:
     scheduler = TaskScheduler()
-
-    async def job_() -> None:
-        pass
-
     async with scheduler:
         for index in range(200):
-            await scheduler.add_interval_job(job_, f"j{index}", hours=1)
+            await scheduler.add_interval_job(noop, f"j{index}", hours=1)
             await scheduler.remove_job(f"j{index}")
         engine = scheduler._lifecycle.engine
         assert engine is not None

@@ -1,6 +1,6 @@
 """Schedules that survive restarts: SQLite and PostgreSQL stores, reconciled at start.
 
-The SQL store is asyncio-only (tests/test_stores.py checks the error on trio).
+The SQL store is asyncio-only (tests/unit/test_stores.py checks the error on trio).
 """
 
 from __future__ import annotations
@@ -23,11 +23,6 @@ from library.components.scheduling.task_scheduler.testing import wait_for_runs
 pytestmark = pytest.mark.anyio
 
 CALLS: list[str] = []
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(autouse=True)

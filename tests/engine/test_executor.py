@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import LOGGER, noop, wait_until
 
 from library.components.scheduling.task_scheduler import (
     Outcome,
@@ -27,17 +28,11 @@ from library.components.scheduling.task_scheduler.testing import wait_for_runs
 
 pytestmark = pytest.mark.anyio
 
-LOGGER = "library.components.scheduling.task_scheduler"
-
 
 async def test_success_is_recorded(anyio_backend: str) -> None:
     scheduler = TaskScheduler()
-
-    async def job() -> None:
-        pass
-
     async with scheduler:
-        await scheduler.add_interval_job(job, "ok", seconds=0.05)
+        await scheduler.add_interval_job(noop, "ok", seconds=0.05)
         runs = await wait_for_runs(scheduler, "ok", 2)
         info = await scheduler.get_job("ok")
     run = runs[0]
@@ -440,9 +435,7 @@ async def test_on_run_finished_hooks_sync_and_async(anyio_backend: str) -> None:
     async with scheduler:
         await scheduler.add_cron_job(lambda: None, "j", "0 3 * * *")
         run = await scheduler.run_job("j")
-        with anyio.fail_after(5):
-            while not seen_async:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: seen_async != [])
     assert seen_sync[0].run_id == run.run_id and seen_sync[0].outcome is Outcome.success
     assert seen_async[0].run_id == run.run_id
 

@@ -23,6 +23,7 @@ from apscheduler import (
 )
 from apscheduler.eventbrokers.local import LocalEventBroker
 from apscheduler.triggers.interval import IntervalTrigger
+from helpers import wait_until
 
 from library.components.scheduling.task_scheduler._aps.broker import LeanEventBroker
 
@@ -118,9 +119,7 @@ async def test_thread_callbacks_run_in_a_worker_thread(anyio_backend: str) -> No
         broker.subscribe(lambda event: threads.append(threading.get_ident()), is_async=False)
         broker.subscribe(lambda event: done.set(), {ScheduleUpdated})
         await broker.publish(added())
-        with anyio.fail_after(5):
-            while not threads:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: threads != [])
     assert threads != [threading.get_ident()]
 
 
@@ -194,9 +193,7 @@ async def test_the_stock_engines_own_wakeup_callbacks_never_suspend(anyio_backen
         await engine.start_in_background()
         start = datetime.now(timezone.utc)
         await engine.add_schedule("t", IntervalTrigger(seconds=0.05, start_time=start), id="s")
-        with anyio.fail_after(5):
-            while len(runs) < 5:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: len(runs) >= 5)
         await engine.add_schedule(
             "t",
             IntervalTrigger(seconds=0.05, start_time=start + timedelta(hours=1)),

@@ -14,11 +14,6 @@ pytestmark = pytest.mark.anyio
 STORE_0_1_0 = Path(__file__).parent / "data" / "store-0.1.0.sqlite"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the SQL stores need asyncio
-
-
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
 

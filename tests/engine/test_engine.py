@@ -30,6 +30,7 @@ from apscheduler.datastores.memory import MemoryDataStore
 from apscheduler.eventbrokers.local import LocalEventBroker
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from helpers import noop, wait_until
 
 from library.components.scheduling.task_scheduler._aps import pin as _pin
 from library.components.scheduling.task_scheduler._aps.broker import LeanEventBroker
@@ -104,16 +105,6 @@ async def engine(
         )
     async with scheduler:
         yield scheduler, recorder
-
-
-async def noop() -> None:
-    pass
-
-
-async def wait_until(check: Callable[[], bool], limit: float = 5) -> None:
-    with anyio.fail_after(limit):
-        while not check():
-            await anyio.sleep(0.005)
 
 
 def interval(seconds: float, start: datetime | None = None, **kwargs: Any) -> IntervalTrigger:
@@ -506,9 +497,7 @@ async def test_stop_cancels_running_jobs_and_waits_for_them(anyio_backend: str) 
         await wait_until(lambda: recorder.running == 3)
         await scheduler.stop()
         await scheduler.wait_until_stopped()
-        with anyio.fail_after(5):
-            while scheduler.state.name != "stopped":
-                await anyio.sleep(0.01)
+        await wait_until(lambda: scheduler.state.name == "stopped")
         assert finished == ["cleaned up"] * 3
         assert recorder.running == 0
     assert [event.outcome for event in released] == [JobOutcome.cancelled] * 3

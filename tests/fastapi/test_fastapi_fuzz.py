@@ -14,6 +14,7 @@ from typing import Any
 import schemathesis
 from fastapi import Depends, FastAPI, HTTPException, Security
 from fastapi.security import APIKeyHeader
+from helpers import noop
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -29,10 +30,6 @@ api_key_header = APIKeyHeader(name="X-API-Key")
 async def require_api_key(key: str = Security(api_key_header)) -> None:
     if key != API_KEY:
         raise HTTPException(status_code=403, detail="invalid API key")
-
-
-async def noop() -> None:
-    pass
 
 
 async def restore_jobs(scheduler: TaskScheduler) -> None:

@@ -1,6 +1,6 @@
-"""Jobs of the store written by release 0.1.0 (tests/data/store-0.1.0.sqlite).
+"""Jobs of the store written by release 0.1.0 (tests/sql/data/store-0.1.0.sqlite).
 
-``cd tests && python -m workers.legacy_jobs PATH`` wrote that file with release 0.1.0 (run as a
+``cd tests/sql && python -m workers.legacy_jobs PATH`` wrote that file with release 0.1.0 (run as a
 module, so that the job added at run time is stored as ``workers.legacy_jobs:added``); the test that
 loads it (test_compat.py) declares the same jobs and checks that every stored schedule, its
 pause state, its next fire time and the job added at run time survive the upgrade.

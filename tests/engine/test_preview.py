@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
+from helpers import noop
 
 from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler
 from library.components.scheduling.task_scheduler.testing import wait_for_runs
@@ -14,10 +15,6 @@ from library.components.scheduling.task_scheduler.testing import wait_for_runs
 pytestmark = pytest.mark.anyio
 
 NY = ZoneInfo("America/New_York")
-
-
-async def noop() -> None:
-    pass
 
 
 async def test_cron_preview_is_in_the_configured_zone(anyio_backend: str) -> None:
