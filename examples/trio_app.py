@@ -19,22 +19,22 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 scheduler = TaskScheduler(SchedulerConfig(timezone="Europe/London", shutdown_timeout=5))
 
 
-@scheduler.interval(seconds=1)
+@scheduler.interval(seconds=1, id="tick")
 async def tick() -> None:
     await trio.sleep(0.05)
 
 
-@scheduler.interval(seconds=1, timeout=0.5)
+@scheduler.interval(seconds=1, timeout=0.5, id="sometimes-slow")
 async def sometimes_slow() -> None:
     await trio.sleep(10)  # always times out: recorded `timed_out`, nothing else disturbed
 
 
-@scheduler.interval(seconds=2)
+@scheduler.interval(seconds=2, id="blocking-io")
 def blocking_io() -> None:
     time.sleep(0.1)  # runs in a worker thread
 
 
-@scheduler.cron("*/15 * * * *")
+@scheduler.cron("*/15 * * * *", id="quarter-hourly")
 async def quarter_hourly() -> None:
     print("quarter past, or half past, or...")
 
@@ -44,14 +44,17 @@ async def main(run_for: float | None) -> None:
         if run_for is None:
             await trio.sleep_forever()
         await trio.sleep(run_for)
-        tick_job = await scheduler.get_job(f"{__name__}:tick")
-        slow_job = await scheduler.get_job(f"{__name__}:sometimes_slow")
+        tick_job = await scheduler.get_job("tick")
+        slow_job = await scheduler.get_job("sometimes-slow")
         assert tick_job.counts.success >= 2, tick_job
         assert slow_job.last_run is not None and slow_job.last_run.outcome is Outcome.timed_out
-        for line in await scheduler.preview(f"{__name__}:quarter_hourly", count=3):
+        for line in await scheduler.preview("quarter-hourly", count=3):
             print("quarter_hourly next:", line.isoformat())
     print("smoke ok")
 
 
 if __name__ == "__main__":
-    trio.run(main, 3.2 if "--smoke" in sys.argv else None)
+    try:
+        trio.run(main, 3.2 if "--smoke" in sys.argv else None)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: the scheduler drained its jobs and logged "task scheduler stopped"

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from helpers import LOGGER, wait_for_state, wait_for_status
+from helpers import LOGGER, noop, wait_for_state, wait_for_status
 from starlette.requests import Request
 
 from library.components.scheduling.task_scheduler import (
@@ -181,6 +181,28 @@ async def test_request_stop_with_start_and_shutdown(anyio_backend: str) -> None:
         await scheduler.shutdown()
     assert scheduler.state == "stopped"
     scheduler.request_stop()  # not running: nothing happens
+
+
+class Interrupt(BaseException):
+    """Stands for Ctrl-C's KeyboardInterrupt, which a test must not raise for real."""
+
+
+@pytest.mark.parametrize("error", [ValueError("in the owner's block"), Interrupt()])
+async def test_an_error_in_the_owners_block_leaves_as_itself_and_the_stop_is_logged(
+    anyio_backend: str, error: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On trio the scheduler's nursery wrapped it in a nested BaseExceptionGroup (a 40-line
+    traceback on Ctrl-C) and "task scheduler stopped" was never logged."""
+    scheduler = TaskScheduler()
+    scheduler.interval(seconds=0.05, id="tick")(noop)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    with pytest.raises(type(error)) as info:
+        async with scheduler:
+            await wait_for_runs(scheduler, "tick", 1)
+            raise error
+    assert info.value is error
+    assert scheduler.state == "stopped"
+    assert "task scheduler stopped" in caplog.messages
 
 
 @pytest.fixture

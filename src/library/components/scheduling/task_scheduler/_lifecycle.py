@@ -84,6 +84,14 @@ def root_exception(exc: BaseException) -> BaseException:
     return exc
 
 
+def only_of(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
+    """True if every exception in ``group`` (nested groups too) is ``exc`` itself."""
+    return all(
+        only_of(inner, exc) if isinstance(inner, BaseExceptionGroup) else inner is exc
+        for inner in group.exceptions
+    )
+
+
 def root_message(exc: BaseException) -> str:
     """The first real error inside (possibly nested) exception groups, as 'Type: message'."""
     exc = root_exception(exc)
@@ -275,10 +283,11 @@ class Lifecycle:
         """Drain, then close the task group; True if it absorbed the owner's exception."""
         if self._exit_stack is None:
             return False
-        await self._drain()
-        suppress = await self._close_scope(exc_type, exc_val, exc_tb)
-        logger.info("task scheduler stopped")
-        return suppress
+        try:
+            await self._drain()
+            return await self._close_scope(exc_type, exc_val, exc_tb)
+        finally:
+            logger.info("task scheduler stopped")
 
     def request_stop(self) -> None:
         """Ask for the drain from any task or thread; a no-op unless running."""
@@ -354,7 +363,15 @@ class Lifecycle:
                 # break the nesting of cancel scopes.)
                 self.task_group.cancel_scope.deadline = anyio.current_time() + TEARDOWN_GRACE
             if stack is not None:
-                return bool(await stack.__aexit__(exc_type, exc_val, exc_tb))
+                try:
+                    return bool(await stack.__aexit__(exc_type, exc_val, exc_tb))
+                except BaseExceptionGroup as group:
+                    # trio's nurseries wrap everything in a group (strict exception groups):
+                    # the owner's own exception (Ctrl-C's KeyboardInterrupt, an error in its
+                    # block) leaves as it came in, as on asyncio, not as a nested group.
+                    if exc_val is not None and only_of(group, exc_val):
+                        raise exc_val from None
+                    raise
             return False
         finally:
             self._stop_request = None
