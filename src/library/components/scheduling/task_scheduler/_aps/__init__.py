@@ -89,7 +89,7 @@ trap 13: an unknown ``job_executor`` name leaves the job acquired for good
     test:   no dedicated test
 trap 14: ``SerializationError`` has an empty message; the reason is in ``__cause__``
     closed: _aps.errors:engine_errors
-    test:   no dedicated test
+    test:   test_aps_boundary.py::test_a_serialization_error_names_the_job_and_its_reason
 trap 15: naive datetimes and ``CronTrigger`` use the machine's zone; fixed offsets not stored
     closed: _triggers:as_aware (naive means the configured zone); _triggers:CronSpec._make
             and _cron:CronTrigger (an IANA zone name, stored as a name)
@@ -99,7 +99,7 @@ trap 15: naive datetimes and ``CronTrigger`` use the machine's zone; fixed offse
 trap 16: the SQL store needs ``sniffio`` and ``greenlet`` without declaring them
     closed: pyproject.toml extras ``sqlite`` and ``postgres`` (``sqlalchemy[asyncio]``,
             ``sniffio``); _aps.stores:require_modules (a clear MissingDependencyError)
-    test:   no dedicated test
+    test:   test_aps_boundary.py::test_a_missing_store_dependency_names_the_extra
 
 Several processes on one SQL store (upstream issues, and those reproduced in the field notes):
 
@@ -147,7 +147,7 @@ Found later, while building on it:
 
 the metadata validator rejects any nested ``None``
     closed: _reconcile:as_metadata (the job definition as one JSON string)
-    test:   no dedicated test
+    test:   test_definitions.py::test_a_definition_full_of_none_is_stored_as_one_string
 ``AsyncpgEventBroker`` drops every NOTIFY under plain asyncio once sniffio is installed
     closed: _aps.stores:open_sql_store (names the async library for the broker's callbacks)
     test:   no dedicated test (test_multiprocess.py's workers run on plain asyncio)
@@ -164,7 +164,7 @@ the schedule loop ignores a ``ScheduleUpdated`` without a next fire time
 a decorator runs before its module binds the name ("importable by name" only at start)
     closed: _reconcile:check_storable with ``resolve=True``, called by
             _backend:SQLBackend.install_all
-    test:   no dedicated test
+    test:   test_definitions.py::test_a_decorated_function_is_checked_by_name_only_at_start
 
 No marked workaround: the 8000-byte NOTIFY payload limit (our executor records a job's
 ``Exception`` itself and returns normally: no traceback reaches a ``JobReleased``) and SQLite
