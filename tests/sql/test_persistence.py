@@ -238,3 +238,14 @@ async def test_a_job_added_by_another_process_runs_here_too(pg_url: str) -> None
     fires = [r.scheduled_at for r in here + there if r.outcome is Outcome.success]
     assert len(fires) == len(set(fires)) >= 8
     assert CALLS.count("hello eve!") == len(fires)
+
+
+async def test_sql_stores_recover_from_a_dead_process_within_short_leases(store: str) -> None:
+    """APScheduler's defaults (30 s leases, a clean-up every 15 min) would leave a dead
+    process's claims and running slots in place for that long."""
+    scheduler = scheduler_for(store)
+    async with scheduler:
+        engine = scheduler._lifecycle.engine
+        assert engine is not None
+        assert engine.lease_duration == timedelta(seconds=10)
+        assert engine.cleanup_interval == timedelta(seconds=5)

@@ -125,6 +125,7 @@ class _EngineBackend(ABC):
         event_broker: EventBroker,
         executor: TaskExecutor,
         identity: str,
+        **settings: timedelta,
     ) -> AsyncScheduler:
         return make_engine(
             data_store=data_store,
@@ -132,6 +133,7 @@ class _EngineBackend(ABC):
             executor=executor,
             identity=identity,
             max_concurrent_jobs=self._config.max_concurrent_jobs,
+            **settings,
         )
 
     @abstractmethod
@@ -275,11 +277,15 @@ class SQLBackend(_EngineBackend):
             notices=executor,
         )
         self._data_store = data_store
-        engine = self._engine(data_store, event_broker, executor, identity)
         # Recover from a dead process within ~10 s rather than 30 s or 15 min.
-        engine.lease_duration = timedelta(seconds=LEASE_DURATION)
-        engine.cleanup_interval = timedelta(seconds=CLEANUP_INTERVAL)
-        return engine
+        return self._engine(
+            data_store,
+            event_broker,
+            executor,
+            identity,
+            lease_duration=timedelta(seconds=LEASE_DURATION),
+            cleanup_interval=timedelta(seconds=CLEANUP_INTERVAL),
+        )
 
     async def _configure_task(self, engine: AsyncScheduler, spec: JobSpec) -> None:
         """The job's own engine task."""

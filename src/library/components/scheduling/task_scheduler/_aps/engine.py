@@ -91,8 +91,18 @@ def make_engine(
     executor: JobExecutor,
     identity: str,
     max_concurrent_jobs: int,
+    lease_duration: timedelta | None = None,
+    cleanup_interval: timedelta | None = None,
 ) -> AsyncScheduler:
-    """An ``AsyncScheduler`` whose only job executor is ours (the lean one on memory://)."""
+    """An ``AsyncScheduler`` whose only job executor is ours (the lean one on memory://).
+
+    ``lease_duration`` and ``cleanup_interval``: the engine's, when given (SQL stores).
+    """
+    settings: dict[str, Any] = {}
+    if lease_duration is not None:
+        settings["lease_duration"] = lease_duration
+    if cleanup_interval is not None:
+        settings["cleanup_interval"] = cleanup_interval
     engine_class = AsyncScheduler
     if isinstance(data_store, MemoryStore):
         engine_class = MemoryEngine
@@ -106,6 +116,7 @@ def make_engine(
         max_concurrent_jobs=max_concurrent_jobs,
         job_executors={EXECUTOR_NAME: executor},
         logger=engine_logger,
+        **settings,
     )
 
 
