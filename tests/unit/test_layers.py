@@ -1,6 +1,7 @@
 """The floor plan, checked from the code's own imports (see docs/architecture.md).
 
-- no import cycle between the package's modules;
+- no import cycle between the package's modules (imports under ``if TYPE_CHECKING:`` are
+  annotations only, and do not count);
 - nothing outside ``_aps/`` imports a private module of APScheduler (``apscheduler._*``);
 - the ``_aps/`` layer never imports the layers above it (only ``_errors``, ``_log``,
   ``_clock``, ``_shared``, ``_urls``);
@@ -34,7 +35,7 @@ def imports_of(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     package_parts = list(path.relative_to(PACKAGE).parent.parts)
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in runtime_nodes(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("apscheduler"))
         elif isinstance(node, ast.ImportFrom):
@@ -51,6 +52,20 @@ def imports_of(path: Path) -> set[str]:
             else:
                 found.update(".".join([*base, alias.name]) for alias in node.names)
     return {name for name in found if name}
+
+
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node but those under ``if TYPE_CHECKING:`` (annotations only, never imported)."""
+    nodes: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
 
 
 MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}

@@ -23,6 +23,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 from apscheduler import (
     AsyncScheduler,
     CoalescePolicy,
@@ -41,6 +43,7 @@ from ._aps.stores import open_memory_store, open_sql_store
 from ._clock import utcnow
 from ._config import SchedulerConfig
 from ._executor import TaskExecutor
+from ._history import ClusterHistory, History, RunRecorder, Worker, WorkerStatus
 from ._jobs import JobSpec
 from ._log import logger
 from ._reconcile import (
@@ -56,11 +59,15 @@ from ._triggers import DateSpec
 from ._urls import StoreURL, parse_store_url
 
 if TYPE_CHECKING:  # sqlalchemy is an optional dependency
+    from ._aps.history import RunHistory
     from ._aps.sqlstore import SQLStore
 
 
 class Backend(Protocol):
     """How jobs are placed in the engine, for one kind of store."""
+
+    recorder: RunRecorder | None
+    """Where the executor records runs for the cluster (None: the process's memory only)."""
 
     def check_storable(self, spec: JobSpec) -> None:
         """Raise :class:`InvalidValueError` if this store could not hold ``spec``."""
@@ -102,13 +109,27 @@ class Backend(Protocol):
     async def release_claims(self, identity: str) -> int:
         """After a clean stop: give back what this process still claims; return how many."""
 
+    async def serve_history(
+        self, status: WorkerStatus, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep the cluster's history and this worker's heartbeat (until cancelled)."""
 
-def make_backend(config: SchedulerConfig, registry: JobRegistry) -> Backend:
+    def stop_history(self) -> None:
+        """End :meth:`serve_history` (the drain is over)."""
+
+    async def close_history(self) -> None:
+        """Write the last runs and leave the list of workers (before the store closes)."""
+
+    def cluster_history(self) -> History | None:
+        """The cluster's history while the store is open; None: ask this process."""
+
+
+def make_backend(config: SchedulerConfig, registry: JobRegistry, worker: Worker) -> Backend:
     """The backend for ``config.store``."""
     store = parse_store_url(config.store)
     if store.kind == "memory":
         return MemoryBackend(config, registry)
-    return SQLBackend(config, registry, store)
+    return SQLBackend(config, registry, store, worker)
 
 
 class _EngineBackend(ABC):
@@ -202,6 +223,8 @@ class _EngineBackend(ABC):
 class MemoryBackend(_EngineBackend):
     """``memory://``: one process; every job under one engine task."""
 
+    recorder: RunRecorder | None = None  # the executor's memory is the whole truth
+
     def check_storable(self, spec: JobSpec) -> None:
         pass  # anything callable runs from memory
 
@@ -252,16 +275,37 @@ class MemoryBackend(_EngineBackend):
     async def release_claims(self, identity: str) -> int:
         return 0
 
+    async def serve_history(
+        self, status: WorkerStatus, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+
+    def stop_history(self) -> None:
+        pass
+
+    async def close_history(self) -> None:
+        pass
+
+    def cluster_history(self) -> History | None:
+        return None
+
 
 class SQLBackend(_EngineBackend):
     """``sqlite://`` and ``postgresql://``: schedules and job definitions in the database."""
 
-    def __init__(self, config: SchedulerConfig, registry: JobRegistry, store: StoreURL) -> None:
+    def __init__(
+        self, config: SchedulerConfig, registry: JobRegistry, store: StoreURL, worker: Worker
+    ) -> None:
         super().__init__(config, registry)
         self._store = store
         self._serializer = SafeJSONSerializer()
         self._data_store: SQLStore | None = None
         """The store of the current run (its drain calls)."""
+        self.recorder: RunRecorder | None = RunRecorder(
+            worker, keep=config.history_size, max_age=config.history_max_age
+        )
+        self._history: RunHistory | None = None
+        """The history tables of the current run's store."""
 
     def check_storable(self, spec: JobSpec) -> None:
         check_storable(spec, self._serializer)
@@ -276,7 +320,11 @@ class SQLBackend(_EngineBackend):
             exit_stack=exit_stack,
             notices=executor,
         )
+        from ._aps.history import RunHistory
+
         self._data_store = data_store
+        self._history = RunHistory(data_store)
+        exit_stack.callback(self._closed)
         # Recover from a dead process within ~10 s rather than 30 s or 15 min.
         return self._engine(
             data_store,
@@ -372,6 +420,28 @@ class SQLBackend(_EngineBackend):
             await engine.data_store.remove_task(job_id)
         except TaskLookupError:
             pass
+
+    def _closed(self) -> None:
+        self._data_store = self._history = None
+
+    async def serve_history(
+        self, status: WorkerStatus, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        assert self.recorder is not None and self._history is not None
+        await self.recorder.serve(self._history, status, task_status=task_status)
+
+    def stop_history(self) -> None:
+        if self.recorder is not None:
+            self.recorder.stop()
+
+    async def close_history(self) -> None:
+        if self.recorder is not None:
+            await self.recorder.close()
+
+    def cluster_history(self) -> History | None:
+        if self._history is None or self.recorder is None:
+            return None
+        return ClusterHistory(self._history, self.recorder, self._tz)
 
     def stop_taking_jobs(self) -> None:
         # A shared store's fires go to the other processes (or wait for the next start)

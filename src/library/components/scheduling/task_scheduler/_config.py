@@ -86,7 +86,17 @@ class SchedulerConfig(BaseModel):
         ge=0,
         description="Seconds shutdown() waits for running jobs before cancelling them.",
     )
-    history_size: int = Field(20, ge=1, description="Finished runs kept per job, newest first.")
+    history_size: int = Field(
+        100,
+        ge=1,
+        description="Finished runs kept per job, newest first (in the store's database on "
+        "persistent stores, pruned now and then: never a scan per run).",
+    )
+    history_max_age: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="Seconds a finished run is kept in a persistent store's history.",
+    )
     store: str = Field(
         default_factory=lambda: os.environ.get("TASK_SCHEDULER_STORE", "memory://"),
         description="Where schedules live: memory://, sqlite:///path/to/jobs.db, or "

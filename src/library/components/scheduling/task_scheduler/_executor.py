@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -34,9 +34,12 @@ from ._clock import utcnow
 from ._errors import JobNotFoundError, SchedulerStateError
 from ._jobs import JobSpec
 from ._log import logger
-from ._models import Outcome, RunInfo
+from ._models import Outcome
 from ._registry import JobRegistry, JobRuntime
 from ._runs import OUTCOME_INDEX, RunRecord, log_run, next_seq, retry_delay
+
+if TYPE_CHECKING:
+    from ._history import RunRecorder
 
 RETRY_BUFFER = 1000
 """Retries of abandoned runs waiting to start (each is a job id: a small buffer is plenty)."""
@@ -68,6 +71,7 @@ class TaskExecutor(JobExecutor):
         thread_limit: int,
         adopt: Callable[[Job], JobRuntime | None] | None = None,
         on_finished: Callable[[RunRecord], None] | None = None,
+        recorder: RunRecorder | None = None,
     ) -> None:
         self.tz = tz
         self.history_size = history_size
@@ -76,6 +80,8 @@ class TaskExecutor(JobExecutor):
         """Called for a fire of an unknown job: one another process added at run time."""
         self._on_finished = on_finished
         """Called with every finished attempt (the hook dispatcher)."""
+        self._recorder = recorder
+        """Records each attempt's start and end for the cluster (persistent stores)."""
         self._thread_limit = thread_limit
         self._limiter: CapacityLimiter | None = None
         self._run_now_scopes: set[anyio.CancelScope] = set()
@@ -90,13 +96,6 @@ class TaskExecutor(JobExecutor):
     @property
     def in_progress(self) -> int:
         return self._in_progress
-
-    def runs(self, runtime: JobRuntime, limit: int) -> list[RunInfo]:
-        records = [*reversed(runtime.active), *(runtime.history or ())][:limit]
-        return [record.info(self.tz) for record in records]
-
-    def last_run(self, runtime: JobRuntime) -> RunInfo | None:
-        return None if runtime.last is None else runtime.last.info(self.tz)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -164,7 +163,7 @@ class TaskExecutor(JobExecutor):
         if runtime is None:
             return
         message = f"the process running it ({job.acquired_by}) stopped before it finished"
-        self._record_unrun(runtime, job, Outcome.abandoned, message)
+        self._record_unrun(runtime, job, Outcome.abandoned, message, fire_id=str(job.id))
         if runtime.spec.options.retries and not self._draining and self._retry_send is not None:
             try:
                 self._retry_send.send_nowait(job.task_id)
@@ -180,11 +179,18 @@ class TaskExecutor(JobExecutor):
         message = f"{running} run(s) in progress across processes, max_instances is {limit}"
         self._record_unrun(runtime, job, Outcome.skipped, message)
 
-    def _record_unrun(self, runtime: JobRuntime, job: Job, outcome: Outcome, message: str) -> None:
+    def _record_unrun(
+        self,
+        runtime: JobRuntime,
+        job: Job,
+        outcome: Outcome,
+        message: str,
+        fire_id: str | None = None,
+    ) -> None:
         scheduled = job.scheduled_fire_time or job.created_at
         record = RunRecord(next_seq(), runtime.spec.id, 1, scheduled)
         record.finished_at = utcnow()
-        self._finish(runtime, record, outcome, None, message)
+        self._finish(runtime, record, outcome, None, message, fire_id=fire_id)
 
     # -- run now -----------------------------------------------------------------------
 
@@ -268,7 +274,7 @@ class TaskExecutor(JobExecutor):
             if grace is not None and self._missed(runtime, record, grace):
                 return
         self._hold(runtime, record)
-        await self._run_fire(runtime, record)
+        await self._run_fire(runtime, record, str(job.id))
 
     def _missed(self, runtime: JobRuntime, record: RunRecord, grace: float) -> bool:
         """Record the fire as ``missed`` if it is later than ``grace`` seconds now."""
@@ -320,12 +326,19 @@ class TaskExecutor(JobExecutor):
         if limit > 0:
             await anyio.sleep(random.uniform(0, limit))
 
-    async def _run_fire(self, runtime: JobRuntime, record: RunRecord) -> RunRecord:
-        """All attempts of one fire (:meth:`_hold` counted it); returns the last attempt."""
+    async def _run_fire(
+        self, runtime: JobRuntime, record: RunRecord, fire_id: str | None = None
+    ) -> RunRecord:
+        """All attempts of one fire (:meth:`_hold` counted it); returns the last attempt.
+
+        ``fire_id``: the engine job's id, for a scheduled fire (the history finishes its
+        run as ``abandoned`` by that id if this process dies while running it).
+        """
         try:
             options = runtime.spec.options
             while True:
-                outcome = await self._attempt(runtime, record)
+                outcome = await self._attempt(runtime, record, fire_id)
+                fire_id = None  # retries are new attempts, run by this process
                 if outcome not in (Outcome.error, Outcome.timed_out):
                     return record
                 if record.attempt > options.retries or self._draining:
@@ -354,10 +367,14 @@ class TaskExecutor(JobExecutor):
             return False
         return not self._draining
 
-    async def _attempt(self, runtime: JobRuntime, record: RunRecord) -> Outcome:
+    async def _attempt(
+        self, runtime: JobRuntime, record: RunRecord, fire_id: str | None = None
+    ) -> Outcome:
         spec = runtime.spec
         timeout = spec.options.timeout
         record.started_at = utcnow()
+        if self._recorder is not None:
+            self._recorder.started(record, fire_id)
         try:
             if timeout is None:
                 await self._call(spec)
@@ -430,6 +447,7 @@ class TaskExecutor(JobExecutor):
         exc: BaseException | None,
         message: str | None,
         error_type: str | None = None,
+        fire_id: str | None = None,
     ) -> None:
         record.outcome = outcome
         if exc is not None:
@@ -450,5 +468,10 @@ class TaskExecutor(JobExecutor):
         if outcome is Outcome.success:
             runtime.last_success = record.finished_at
         log_run(record, exc)
+        if self._recorder is not None:
+            if fire_id is not None:  # a dead process's run: its row is finished by fire id
+                self._recorder.abandoned(record, fire_id)
+            else:
+                self._recorder.finished(record)
         if self._on_finished is not None:
             self._on_finished(record)

@@ -29,8 +29,9 @@ HOOK_BUFFER = 10_000
 class HookDispatcher:
     """The hooks of one scheduler, and the buffer that feeds them."""
 
-    def __init__(self, tz: ZoneInfo) -> None:
+    def __init__(self, tz: ZoneInfo, worker: str) -> None:
         self._tz = tz
+        self._worker = worker
         self._hooks: list[RunHook] = []
         self._send: MemoryObjectSendStream[RunRecord] | None = None
         self._dropped = 0
@@ -63,7 +64,7 @@ class HookDispatcher:
         task_status.started()
         async with receive:
             async for record in receive:
-                info = record.info(self._tz)
+                info = record.info(self._tz, self._worker)
                 for hook in list(self._hooks):
                     try:
                         result = hook(info)

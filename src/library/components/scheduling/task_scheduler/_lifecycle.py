@@ -47,7 +47,7 @@ from ._errors import SchedulerStateError
 from ._executor import TaskExecutor
 from ._hooks import HookDispatcher
 from ._log import logger
-from ._models import SchedulerState
+from ._models import SchedulerState, WorkerState
 from ._registry import JobRegistry
 
 if sys.version_info < (3, 11):
@@ -136,6 +136,12 @@ class Lifecycle:
     def state(self) -> SchedulerState:
         return self.phase.state
 
+    def worker_status(self) -> tuple[WorkerState, datetime | None, int]:
+        """This worker's state, start time and runs in progress (for its heartbeat)."""
+        phase = self.phase
+        state: WorkerState = "stopping" if phase.state == "stopped" else phase.state
+        return state, self.started_at, self._executor.in_progress
+
     @property
     def stopping(self) -> bool:
         """The engine is being stopped for good (after the drain): nothing is restarted."""
@@ -169,6 +175,9 @@ class Lifecycle:
         try:
             # Opened first, so that the store closes last: after every task that uses it.
             self.engine = await self._backend.open(stack, self._executor, self._identity)
+            # After every task has ended (runs cancelled at the end included), before the
+            # store closes: the last runs are written and this worker leaves the list.
+            stack.push_async_callback(self._backend.close_history)
             task_group = await stack.enter_async_context(anyio.create_task_group())
             await task_group.start(self._hooks.serve, name="task_scheduler hooks")
             await task_group.start(self._executor.serve_retries, name="task_scheduler retries")
@@ -179,6 +188,13 @@ class Lifecycle:
                 name="task_scheduler stop requests",
             )
             await task_group.start(self._supervise, name="task_scheduler engine supervisor")
+            self.started_at = utcnow()
+            self.phase = Phase.running
+            # Once the engine has started (the store has created its tables): this worker
+            # joins the list as running.
+            await task_group.start(
+                self._backend.serve_history, self.worker_status, name="task_scheduler history"
+            )
         except BaseException:
             self.phase = Phase.stopped
             self.engine = None
@@ -191,8 +207,6 @@ class Lifecycle:
             raise
         self._exit_stack = stack
         self.task_group = task_group
-        self.started_at = utcnow()
-        self.phase = Phase.running
         logger.info("task scheduler started with %d job(s)", len(self._registry))
 
     async def _supervise(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
@@ -342,6 +356,7 @@ class Lifecycle:
                     await self._backend.stop_claiming(TEARDOWN_GRACE)
                     await engine.stop()
                 await self._hooks.close()
+                self._backend.stop_history()
             finally:
                 self._drain_done.set()
 

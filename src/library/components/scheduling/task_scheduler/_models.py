@@ -41,10 +41,14 @@ class RunInfo(BaseModel):
     outcome: Outcome | None = Field(None, description="None while the run is in progress.")
     error_type: str | None = Field(None, description="Exception class name, if any.")
     error_message: str | None = Field(None, description="Exception message (traceback is logged).")
+    worker: str | None = Field(
+        None, description="Id of the worker (process) that ran it, or that recorded it."
+    )
 
 
 class RunCounts(BaseModel):
-    """Finished attempts of a job in this process, per outcome."""
+    """Finished attempts of a job, per outcome: cumulative, and the cluster's on a persistent
+    store (every worker answers the same; pruning old runs never lowers them)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -94,8 +98,11 @@ class JobInfo(BaseModel):
     retry_delay: float
     jitter: float
     max_staleness: float | None
-    running: int = Field(0, description="Runs of this job in progress now.")
-    last_run: RunInfo | None = None
+    running: int = Field(0, description="Runs of this job in progress now, on every worker.")
+    last_run: RunInfo | None = Field(None, description="The newest run, on any worker.")
+    last_success_at: datetime | None = Field(
+        None, description="When the job last finished a run successfully, on any worker."
+    )
     counts: RunCounts = Field(default_factory=RunCounts)
 
 
@@ -115,5 +122,25 @@ class SchedulerStatus(BaseModel):
     runs_in_progress: int = 0
     stale_jobs: list[str] = Field(
         default_factory=list,
-        description="Jobs with max_staleness whose last success (or the start) is older.",
+        description="Jobs with max_staleness whose last success on any worker (or this "
+        "worker's start) is older.",
     )
+    worker_id: str | None = Field(None, description="This worker's (process's) id.")
+    workers: int = Field(0, description="Live workers sharing the store (1 on memory://).")
+
+
+WorkerState = Literal["starting", "running", "stopping", "failed"]
+
+
+class WorkerInfo(BaseModel):
+    """A process running jobs from the store, as its heartbeat last told."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="host:pid:suffix, stable while the process lives.")
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen: datetime = Field(description="Its last heartbeat.")
+    state: WorkerState
+    runs_in_progress: int = Field(0, description="Runs in progress on that worker.")

@@ -61,13 +61,18 @@ class RunRecord:
         return f"{RUN_ID_PREFIX}-{self.seq}"
 
     @property
+    def at(self) -> datetime:
+        """When it started, or was recorded if it never started: the history's order."""
+        return self.started_at or self.finished_at or self.scheduled_at
+
+    @property
     def duration(self) -> float | None:
         started, finished = self.started_at, self.finished_at
         if started is None or finished is None:
             return None
         return (finished - started).total_seconds()
 
-    def info(self, tz: ZoneInfo) -> RunInfo:
+    def info(self, tz: ZoneInfo, worker: str | None = None) -> RunInfo:
         started, finished = self.started_at, self.finished_at
         return RunInfo.model_construct(
             run_id=self.run_id,
@@ -80,6 +85,7 @@ class RunRecord:
             outcome=self.outcome,
             error_type=self.error_type,
             error_message=self.error_message,
+            worker=worker,
         )
 
 

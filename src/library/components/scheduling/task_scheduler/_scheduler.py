@@ -12,8 +12,6 @@ What it stands on, each built here once and handed what it calls:
 from __future__ import annotations
 
 import copy
-import os
-import platform
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -29,12 +27,13 @@ from ._clock import utcnow
 from ._config import SchedulerConfig
 from ._errors import DuplicateJobError, InvalidValueError, SchedulerStateError
 from ._executor import TaskExecutor
+from ._history import History, JobFacts, LocalHistory, Worker
 from ._hooks import HookDispatcher, RunHook
 from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
 from ._lifecycle import Lifecycle, Phase
-from ._models import JobInfo, RunInfo, SchedulerState, SchedulerStatus
+from ._models import JobInfo, Outcome, RunInfo, SchedulerState, SchedulerStatus, WorkerInfo
 from ._registry import JobRegistry, JobRuntime
-from ._triggers import CronSpec, DateSpec, IntervalSpec, TriggerSpec
+from ._triggers import CronSpec, DateSpec, IntervalSpec, TriggerSpec, as_aware
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -59,9 +58,10 @@ class TaskScheduler:
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = config if config is not None else SchedulerConfig()
         self._tz = self.config.tzinfo
+        self._worker = Worker.here()
         self._registry = JobRegistry()
-        self._hooks = HookDispatcher(self._tz)
-        self._backend = make_backend(self.config, self._registry)
+        self._hooks = HookDispatcher(self._tz, self._worker.id)
+        self._backend = make_backend(self.config, self._registry, self._worker)
         self._executor = TaskExecutor(
             registry=self._registry,
             tz=self._tz,
@@ -69,6 +69,7 @@ class TaskScheduler:
             thread_limit=self.config.max_concurrent_jobs,
             adopt=self._backend.adopt,
             on_finished=self._hooks.notify,
+            recorder=self._backend.recorder,
         )
         self._lifecycle = Lifecycle(
             self.config,
@@ -76,8 +77,15 @@ class TaskScheduler:
             self._backend,
             self._executor,
             self._hooks,
-            identity=f"{platform.node()}:{os.getpid()}:{id(self):x}",
+            identity=self._worker.id,
         )
+        self._local = LocalHistory(
+            self._registry, self._tz, self._worker, self._lifecycle.worker_status
+        )
+
+    def _history(self) -> History:
+        """The cluster's history while a persistent store is open, else this process's."""
+        return self._backend.cluster_history() or self._local
 
     # ------------------------------------------------------------------ declaring jobs
 
@@ -292,7 +300,8 @@ class TaskScheduler:
         engine = self._lifecycle.live_engine
         if engine is not None and job_id not in self._registry.finished:
             schedule = (await self._backend.schedules(engine, {job_id})).get(job_id)
-        return self._job_info(runtime, schedule)
+        facts = await self._history().facts([runtime])
+        return self._job_info(runtime, schedule, facts[job_id])
 
     async def get_jobs(self) -> list[JobInfo]:
         """Every job, in the order they were added."""
@@ -300,11 +309,14 @@ class TaskScheduler:
         engine = self._lifecycle.live_engine
         if engine is not None:
             schedules = await self._backend.schedules(engine)
+        runtimes = list(self._registry)
+        facts = await self._history().facts(runtimes)
         return [
-            self._job_info(runtime, schedules.get(runtime.spec.id)) for runtime in self._registry
+            self._job_info(runtime, schedules.get(runtime.spec.id), facts[runtime.spec.id])
+            for runtime in runtimes
         ]
 
-    def _job_info(self, runtime: JobRuntime, schedule: Schedule | None) -> JobInfo:
+    def _job_info(self, runtime: JobRuntime, schedule: Schedule | None, facts: JobFacts) -> JobInfo:
         spec = runtime.spec
         next_run: datetime | None = None
         if schedule is not None and not runtime.paused and schedule.next_fire_time is not None:
@@ -325,9 +337,10 @@ class TaskScheduler:
             retry_delay=options.retry_delay,
             jitter=options.jitter,
             max_staleness=options.max_staleness,
-            running=runtime.running,
-            last_run=self._executor.last_run(runtime),
-            counts=runtime.run_counts(),
+            running=facts.running,
+            last_run=facts.last_run,
+            last_success_at=facts.last_success_at,
+            counts=facts.counts,
         )
 
     async def preview(self, job_id: str, count: int = 10) -> list[datetime]:
@@ -367,10 +380,41 @@ class TaskScheduler:
             fire_time = trigger.next() if trigger is not None else None
         return times
 
-    async def get_runs(self, job_id: str, limit: int | None = None) -> list[RunInfo]:
-        """Recent runs of the job, newest first (runs in progress included)."""
-        runtime = self._registry[job_id]
-        return self._executor.runs(runtime, self.config.history_size if limit is None else limit)
+    async def get_runs(
+        self,
+        job_id: str | None,
+        limit: int = 20,
+        *,
+        outcome: Outcome | str | None = None,
+        before: datetime | None = None,
+    ) -> list[RunInfo]:
+        """Runs of the job (or of every job, with ``None``), newest first, runs in progress
+        included: on a persistent store every worker's, kept across restarts.
+
+        ``outcome``: only runs that ended so; ``before``: only runs that started (or were
+        recorded) before it - the ``started_at`` (or ``finished_at``) of the last run of a
+        page gives the next page. At most ``limit`` (1 to 1000).
+        """
+        if job_id is not None:
+            self._registry[job_id]
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+            raise InvalidValueError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        if outcome is not None and not isinstance(outcome, Outcome):
+            try:
+                outcome = Outcome(outcome)
+            except ValueError:
+                valid = ", ".join(item.value for item in Outcome)
+                raise InvalidValueError(
+                    f"unknown outcome {outcome!r}; valid outcomes: {valid}"
+                ) from None
+        if before is not None:
+            before = as_aware(before, self._tz, "before")
+        return await self._history().runs(job_id, limit, outcome, before)
+
+    async def get_workers(self) -> list[WorkerInfo]:
+        """The live workers: every process sharing a persistent store (this one on memory://),
+        oldest first. A stopped worker leaves at once, a killed one within ~12 s."""
+        return await self._history().workers()
 
     async def run_job(self, job_id: str, *, wait: bool = True) -> RunInfo:
         """Fire the job once now, outside its schedule, under all its rules.
@@ -390,7 +434,7 @@ class TaskScheduler:
             if wait:
                 await request.done.wait()
                 record = request.final or request.record
-        return record.info(self._tz)
+        return record.info(self._tz, self._worker.id)
 
     # ------------------------------------------------------------------ hooks and status
 
@@ -404,9 +448,11 @@ class TaskScheduler:
         return callback
 
     async def get_status(self) -> SchedulerStatus:
-        """The scheduler's state, engine restarts and last engine error, and run counts."""
+        """The scheduler's state, engine restarts and last engine error, run counts, stale
+        jobs (judged by the cluster's last successes on a persistent store) and workers."""
         lifecycle = self._lifecycle
         started_at = lifecycle.started_at
+        history = self._history()
         return SchedulerStatus(
             state=lifecycle.state,
             started_at=None if started_at is None else started_at.astimezone(self._tz),
@@ -414,25 +460,34 @@ class TaskScheduler:
             last_engine_error=lifecycle.last_engine_error,
             job_count=len(self._registry),
             runs_in_progress=self._executor.in_progress,
-            stale_jobs=self._stale_jobs(),
+            stale_jobs=await self._stale_jobs(history),
+            worker_id=self._worker.id,
+            workers=len(await history.workers()),
         )
 
-    def _stale_jobs(self) -> list[str]:
-        """Unpaused jobs with ``max_staleness`` whose last success (or start) is older than it."""
+    async def _stale_jobs(self, history: History) -> list[str]:
+        """Unpaused jobs with ``max_staleness`` whose last success, on any worker (or this
+        worker's start, if later), is older than it."""
         started_at = self._lifecycle.started_at
         if started_at is None or self.state not in ("running", "starting", "failed"):
             return []
+        watched = [
+            runtime
+            for runtime in self._registry
+            if runtime.spec.options.max_staleness is not None and not runtime.paused
+        ]
+        if not watched:
+            return []
+        facts = await history.facts(watched)
         now = utcnow()
         stale = []
-        for runtime in self._registry:
-            spec = runtime.spec
-            limit = spec.options.max_staleness
-            if limit is None or runtime.paused:
-                continue
-            last_success = runtime.last_success
+        for runtime in watched:
+            limit = runtime.spec.options.max_staleness
+            assert limit is not None
+            last_success = facts[runtime.spec.id].last_success_at
             since = started_at if last_success is None else max(last_success, started_at)
             if (now - since).total_seconds() > limit:
-                stale.append(spec.id)
+                stale.append(runtime.spec.id)
         return stale
 
     @property

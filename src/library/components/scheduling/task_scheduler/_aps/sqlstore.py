@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
 from .._log import logger
+from .history import add_history_tables
 from .leases import LEASE_DURATION
 
 SCHEMA_LOCK_KEY = 0x7A5C_4E11
@@ -130,6 +131,7 @@ class SQLStore(SQLAlchemyDataStore):
             Column("schedule_id", Unicode(500), primary_key=True),
             Column("fire_time", fire_time, primary_key=True),
         )
+        add_history_tables(metadata)
         return metadata
 
     @property
