@@ -10,6 +10,10 @@ Smoke:    python examples/fastapi_app.py --smoke  (serves on a free port, checks
 
 The management API under /scheduler is guarded by an API key: set SCHEDULER_API_KEY (the
 example falls back to "change-me", which you should never do in production).
+
+Every job has an explicit id: the URLs above name jobs by id, and the default id
+(``module:qualname``) would be ``__main__:heartbeat`` here but ``fastapi_app:heartbeat`` under
+``uvicorn fastapi_app:app``.
 """
 
 from __future__ import annotations
@@ -43,18 +47,18 @@ scheduler = TaskScheduler(
 )
 
 
-@scheduler.interval(seconds=1)
+@scheduler.interval(seconds=1, id="heartbeat")
 async def heartbeat() -> None:
     print(f"Heartbeat at {datetime.now(timezone.utc):%H:%M:%S}")
 
 
-@scheduler.interval(seconds=5, timeout=3)
+@scheduler.interval(seconds=5, timeout=3, id="sweep_temp_files")
 def sweep_temp_files() -> None:
     # A plain function: it runs in a worker thread and never blocks the event loop.
     time.sleep(0.2)
 
 
-@scheduler.cron(hour=2, minute=0, timeout=600, retries=2, retry_delay=30)
+@scheduler.cron(hour=2, minute=0, timeout=600, retries=2, retry_delay=30, id="daily_backup")
 async def daily_backup() -> None:
     await anyio.sleep(1)
 
@@ -114,7 +118,7 @@ async def smoke() -> None:
                 while True:
                     await anyio.sleep(0.2)
                     try:
-                        jobs = {job["name"]: job for job in (await client.get("/jobs")).json()}
+                        jobs = {job["id"]: job for job in (await client.get("/jobs")).json()}
                     except httpx.TransportError:
                         continue
                     if jobs["heartbeat"]["counts"]["success"] >= 2:

@@ -1,14 +1,16 @@
 """The FastAPI app under several uvicorn workers, sharing one PostgreSQL store: each fire
 runs once, in one of the workers.
 
-    pip install -e ".[postgres,examples]"
+    python3 -m venv .venv && .venv/bin/python -m pip install -e ".[postgres,examples]"
     export TASK_SCHEDULER_STORE=postgresql://postgres@127.0.0.1:5432/test
-    uvicorn --app-dir examples/multi_worker app:app --workers 3
+    .venv/bin/uvicorn --app-dir examples/multi_worker app:app --workers 3
 
 Then `curl http://127.0.0.1:8000/scheduler/jobs` (any worker answers). Every worker declares
 the same jobs; at start they reconcile them with the store, so restarting, scaling or
 redeploying the workers never duplicates a run. Jobs must be importable by name (module-level
-functions) and their arguments JSON data, so that any worker can run them.
+functions) and their arguments JSON data, so that any worker can run them. Every job has an
+explicit id: the store keys jobs by id, and the default id (``module:qualname``) changes with
+how the app is launched (``app:heartbeat`` here, ``__main__:heartbeat`` under ``python app.py``).
 """
 
 from __future__ import annotations

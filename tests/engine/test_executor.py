@@ -393,6 +393,177 @@ async def test_a_fire_waiting_for_its_retry_holds_its_slot(anyio_backend: str) -
         assert second.outcome is Outcome.skipped
 
 
+def run_lines(caplog: pytest.LogCaptureFixture, job_id: str) -> list[logging.LogRecord]:
+    """The run log lines of one job, oldest first."""
+    return [
+        record
+        for record in caplog.records
+        if record.name == LOGGER and getattr(record, "job_id", None) == job_id
+    ]
+
+
+async def test_a_retried_attempt_logs_one_warning_line_the_final_one_an_error(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = TaskScheduler()
+
+    async def down() -> None:
+        raise ConnectionError("boom")
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        async with scheduler:
+            await scheduler.add_cron_job(down, "x", "0 3 * * *", retries=2, retry_delay=0.02)
+            final = await scheduler.run_job("x")
+            runs = await scheduler.get_runs("x")
+    first, second, third = run_lines(caplog, "x")
+    run_ids = [run.run_id for run in reversed(runs)]
+    for line, attempt in ((first, 1), (second, 2)):
+        assert line.levelno == logging.WARNING
+        assert line.exc_info is None
+        retry_in = line.retry_in  # type: ignore[attr-defined]
+        assert 0.005 <= retry_in <= 0.04 * attempt
+        assert line.getMessage() == (
+            f"job 'x' run {run_ids[attempt - 1]} (attempt {attempt} of 3) error: boom; "
+            f"retrying in {round(retry_in, 3)} s"
+        )
+        assert (line.job_id, line.run_id, line.outcome, line.attempt) == (  # type: ignore[attr-defined]
+            "x",
+            run_ids[attempt - 1],
+            "error",
+            attempt,
+        )
+        assert line.duration is not None  # type: ignore[attr-defined]
+    # The delay logged is the one waited: the next attempt starts no sooner.
+    oldest_first = list(reversed(runs))
+    pairs = zip(oldest_first[:-1], oldest_first[1:], (first, second), strict=True)
+    for earlier, later, line in pairs:
+        assert earlier.finished_at is not None and later.started_at is not None
+        waited = (later.started_at - earlier.finished_at).total_seconds()
+        assert waited >= line.retry_in - 0.002  # type: ignore[attr-defined]
+    assert third.levelno == logging.ERROR
+    assert third.getMessage() == f"job 'x' run {final.run_id} (attempt 3 of 3) error: boom"
+    assert third.exc_info is not None and third.exc_info[0] is ConnectionError
+    assert third.retry_in is None  # type: ignore[attr-defined]
+    assert caplog.text.count("Traceback") == 1
+
+
+async def test_a_run_that_succeeds_on_retry_logs_no_error(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = TaskScheduler()
+    attempts: list[int] = []
+
+    async def flaky() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("try again")
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        async with scheduler:
+            await scheduler.add_cron_job(flaky, "flaky", "0 3 * * *", retries=3, retry_delay=0.01)
+            final = await scheduler.run_job("flaky")
+    failed, succeeded = run_lines(caplog, "flaky")
+    assert failed.levelno == logging.WARNING
+    assert "(attempt 1 of 4) error: try again; retrying in " in failed.getMessage()
+    assert succeeded.levelno == logging.INFO
+    assert succeeded.getMessage() == f"job 'flaky' run {final.run_id} (attempt 2 of 4) success"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_job_without_retries_logs_one_error_line_with_its_traceback(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = TaskScheduler()
+
+    async def down() -> None:
+        raise ConnectionError("boom")
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        async with scheduler:
+            await scheduler.add_cron_job(down, "x", "0 3 * * *")
+            final = await scheduler.run_job("x")
+    (line,) = run_lines(caplog, "x")
+    assert line.levelno == logging.ERROR
+    assert line.getMessage() == f"job 'x' run {final.run_id} (attempt 1) error: boom"
+    assert line.exc_info is not None
+    assert (line.job_id, line.run_id, line.outcome, line.attempt) == (  # type: ignore[attr-defined]
+        "x",
+        final.run_id,
+        "error",
+        1,
+    )
+
+
+async def test_a_timed_out_attempt_that_is_retried_logs_a_warning_saying_so(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = TaskScheduler()
+
+    async def hang() -> None:
+        await anyio.sleep(30)
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        async with scheduler:
+            await scheduler.add_cron_job(
+                hang, "slow", "0 3 * * *", timeout=0.05, retries=1, retry_delay=0.01
+            )
+            final = await scheduler.run_job("slow")
+    first, second = run_lines(caplog, "slow")
+    assert first.levelno == logging.WARNING
+    assert first.getMessage().startswith("job 'slow' run ")
+    assert "(attempt 1 of 2) timed_out: timed out after 0.05 s; retrying in " in first.getMessage()
+    assert second.levelno == logging.WARNING
+    assert second.getMessage() == (
+        f"job 'slow' run {final.run_id} (attempt 2 of 2) timed_out: timed out after 0.05 s"
+    )
+    assert "Traceback" not in caplog.text
+
+
+async def test_an_attempt_failing_while_the_scheduler_stops_is_final(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = TaskScheduler()
+    release = anyio.Event()
+
+    async def fails_late() -> None:
+        await release.wait()
+        raise ConnectionError("boom")
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        async with scheduler:
+            await scheduler.add_cron_job(fails_late, "x", "0 3 * * *", retries=2)
+            await scheduler.run_job("x", wait=False)
+            await wait_until(lambda: scheduler._executor.in_progress == 1)
+            scheduler.request_stop()
+            await wait_until(lambda: scheduler.state == "stopping")
+            release.set()
+            await anyio.sleep_forever()
+    (line,) = run_lines(caplog, "x")
+    assert line.levelno == logging.ERROR and line.exc_info is not None
+    assert line.getMessage().endswith("(attempt 1 of 3) error: boom")
+
+
+def test_run_lines_are_not_formatted_when_nobody_listens() -> None:
+    from library.components.scheduling.task_scheduler._models import Outcome as RunOutcome
+    from library.components.scheduling.task_scheduler._runs import RunRecord, log_run
+
+    class Untouchable(RunRecord):
+        @property
+        def run_id(self) -> str:
+            raise AssertionError("formatted although the logger is disabled")
+
+    record = Untouchable(1, "x", 1, datetime.now(timezone.utc), outcome=RunOutcome.error)
+    logger = logging.getLogger(LOGGER)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        log_run(record, ValueError("boom"), 2, retry_in=1.0)
+        log_run(record, ValueError("boom"), 2, None)
+    finally:
+        logger.setLevel(level)
+
+
 async def test_jitter_delays_the_start_within_its_bound(anyio_backend: str) -> None:
     # Trap 8: APScheduler's max_jitter does not delay anything.
     scheduler = TaskScheduler()

@@ -5,17 +5,21 @@ Every test that serves requests runs on asyncio and on trio (``TestClient(backen
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
+from urllib.parse import quote, unquote
 
 import pytest
 from fastapi import Depends, FastAPI, HTTPException, Security
 from fastapi.security import APIKeyHeader
 from fastapi.testclient import TestClient
 from helpers import noop
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from library.components.scheduling.task_scheduler import (
     SchedulerConfig,
@@ -23,6 +27,7 @@ from library.components.scheduling.task_scheduler import (
     SchedulerStatus,
     TaskScheduler,
 )
+from library.components.scheduling.task_scheduler._jobs import is_valid_job_id
 from library.components.scheduling.task_scheduler.fastapi import (
     create_scheduler_router,
     get_scheduler,
@@ -181,6 +186,105 @@ def test_every_job_route_answers_an_unknown_id_alike(
     response = client.request(method, path)
     assert response.status_code == 404
     assert response.json() == {"detail": "no job with id 'nope'"}
+
+
+JOB_ROUTES = [
+    ("GET", ""),
+    ("POST", "/pause"),
+    ("POST", "/resume"),
+    ("POST", "/run"),
+    ("POST", "/run?wait=true"),
+    ("DELETE", ""),
+    ("GET", "/runs"),
+    ("GET", "/preview"),
+]
+
+
+@pytest.mark.parametrize(("method", "route"), JOB_ROUTES)
+def test_an_unknown_id_suggests_close_ids_in_the_same_404_body(
+    client: TestClient, method: str, route: str
+) -> None:
+    response = client.request(method, f"/scheduler/jobs/nightyl{route}")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no job with id 'nightyl'; did you mean 'nightly'?"}
+
+
+def job_url(job_id: str, route: str = "") -> str:
+    """The job's URL, its id percent-encoded as any HTTP client encodes a path segment."""
+    return f"/scheduler/jobs/{quote(job_id, safe='')}{route}"
+
+
+def survives_test_client(job_id: str) -> bool:
+    """False for ids with a %-escape in them ('%2F', '100%ab'): Starlette's TestClient decodes
+    the path twice (httpx's decoded path, unquoted again), which a real server never does;
+    test_fastapi_uvicorn.py reaches such ids through uvicorn."""
+    return unquote(job_id) == job_id
+
+
+def check_reachable(client: TestClient, job_id: str) -> None:
+    """Every /jobs/{job_id} route reaches the job; an unknown id's 404 names that id."""
+    assert client.get(job_url(job_id)).json()["id"] == job_id
+    assert client.post(job_url(job_id, "/pause")).json()["paused"] is True
+    assert client.post(job_url(job_id, "/resume")).json()["paused"] is False
+    accepted = client.post(job_url(job_id, "/run"))
+    assert accepted.status_code == 202 and accepted.json()["job_id"] == job_id
+    waited = client.post(job_url(job_id, "/run"), params={"wait": True})
+    assert waited.status_code == 200 and waited.json()["job_id"] == job_id
+    runs = client.get(job_url(job_id, "/runs")).json()
+    assert runs and {run["job_id"] for run in runs} == {job_id}
+    assert len(client.get(job_url(job_id, "/preview"), params={"count": 2}).json()) == 2
+    for unknown in (job_id[:199] + "~", "~" + job_id[:199]):  # unknown ids, valid ones
+        response = client.get(job_url(unknown))
+        assert response.status_code == 404
+        assert response.json()["detail"].startswith(f"no job with id {unknown!r}")
+    assert client.delete(job_url(job_id)).status_code == 204
+    response = client.get(job_url(job_id))
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"no job with id {job_id!r}"}
+
+
+REACHABLE_IDS = [
+    "helpers:noop",
+    "mod:f.<locals>.g",
+    "nightly report (v2)",
+    " padded ",
+    "50% off? #1 & more;",
+    "back\\slash",
+    'quote\'s "double"',
+    "ünïcödé 日本語 🙂",
+    "...",
+    "100% sure",
+    "x" * 200,
+]
+
+
+@pytest.mark.parametrize("job_id", REACHABLE_IDS)
+def test_valid_ids_are_reachable_is_reachable_through_every_job_route(
+    backend: Backend, job_id: str
+) -> None:
+    scheduler = TaskScheduler()
+    scheduler.interval(hours=1, id=job_id)(noop)
+    with TestClient(make_app(scheduler), backend=backend) as client:
+        check_reachable(client, job_id)
+
+
+def test_any_valid_id_is_reachable_through_every_job_route(backend: Backend) -> None:
+    # Property: every id the rule accepts (_jobs.JOB_ID_RULE) is reachable, once added.
+    scheduler = TaskScheduler()
+    with TestClient(make_app(scheduler), backend=backend) as client:
+
+        @settings(max_examples=60, deadline=None, database=None)
+        @given(
+            job_id=st.text(min_size=1, max_size=200)
+            .filter(is_valid_job_id)
+            .filter(survives_test_client)
+        )
+        def reachable(job_id: str) -> None:
+            add = functools.partial(scheduler.add_interval_job, noop, job_id, hours=1)
+            client.portal.call(add)  # type: ignore[union-attr]
+            check_reachable(client, job_id)
+
+        reachable()
 
 
 # ---------------------------------------------------------------------------- runs

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -162,3 +163,33 @@ def test_job_running_at_shutdown_finishes(server: Server, signum: signal.Signals
     finished = output.index("slow job finished")
     assert f"job 'slow' run {run_id} (attempt 1) success" in output
     assert finished < output.index("task scheduler stopped")
+
+
+PERCENT_IDS = ["%2F", "a%2Fb", "100%ab", "%25", "50%"]
+"""Valid ids with %-escapes in them: Starlette's TestClient decodes a path twice, so these are
+only tested through a real server, which decodes it once."""
+
+
+def test_ids_with_percent_escapes_are_reachable(tmp_path: Path) -> None:
+    declared = "".join(
+        f"scheduler.interval(hours=1, id={job_id!r})(tick)\n" for job_id in PERCENT_IDS
+    )
+    (tmp_path / "app_module.py").write_text(APP + declared)
+    server = Server(tmp_path)
+    try:
+        base_url = server.wait_ready()
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            for job_id in PERCENT_IDS:
+                url = f"/scheduler/jobs/{quote(job_id, safe='')}"
+                assert client.get(url).json()["id"] == job_id
+                assert client.post(f"{url}/pause").json()["paused"] is True
+                assert client.post(f"{url}/resume").json()["paused"] is False
+                run = client.post(f"{url}/run", params={"wait": True})
+                assert run.status_code == 200 and run.json()["job_id"] == job_id
+                assert client.get(f"{url}/runs").json()[0]["job_id"] == job_id
+                assert len(client.get(f"{url}/preview", params={"count": 2}).json()) == 2
+                missing = client.get(f"{url}~")
+                assert missing.status_code == 404
+                assert missing.json()["detail"].startswith(f"no job with id {job_id + '~'!r}")
+    finally:
+        server.kill()

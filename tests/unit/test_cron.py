@@ -294,6 +294,72 @@ def test_invalid_expressions_name_the_field_and_what_is_allowed(
     assert error(expression, hash_id="job") == f"invalid cron expression {expression!r}: {message}"
 
 
+SECONDS_FIRST = (
+    "years are not a field: {year!r} looks like a year, but a 6-field expression has the "
+    "seconds FIRST (second minute hour day month day_of_week); to limit the years, use cron "
+    "fields instead"
+)
+
+
+@pytest.mark.parametrize(
+    ("expression", "fields"),
+    [
+        ("0 0 1 1 * 2026", "minute='0', hour='0', day='1', month='1', year='2026'"),
+        ("0 0 1 1 * 2026/2", "minute='0', hour='0', day='1', month='1', year='2026/2'"),
+        (
+            "*/5 9-17 * * ? 2026-2030",
+            "minute='*/5', hour='9-17', day='*', month='*', year='2026-2030'",
+        ),
+        (
+            "0 12 ? jan,jul * 2026,2028",
+            "minute='0', hour='12', day='*', month='jan,jul', year='2026,2028'",
+        ),
+    ],
+)
+def test_a_trailing_year_says_seconds_come_first_and_spells_out_the_fields(
+    expression: str, fields: str
+) -> None:
+    # Before: "day_of_week must be 0-7 (0 or 7 = Sunday) or sun-sat, got 2026".
+    year = expression.split()[-1]
+    message = error(expression)
+    assert message == (
+        f"invalid cron expression {expression!r}: {SECONDS_FIRST.format(year=year)}: {fields}"
+    )
+    # The fields it names are valid, and fire where the expression meant to.
+    spelled = dict(item.split("=") for item in fields.split(", "))
+    given = {name: value.strip("'") for name, value in spelled.items()}
+    by_fields = CronTrigger(fields=given, timezone="UTC", start_time=START)
+    by_expression = CronTrigger(" ".join(expression.split()[:5]), timezone="UTC", start_time=START)
+    assert by_fields.next() == by_expression.next()
+
+
+@pytest.mark.parametrize(
+    "expression", ["0 0 1 1 mon 2026", "0 0 L * * 2026", "0 0 15W * * 2026", "H 0 * * * 2027"]
+)
+def test_a_trailing_year_that_cannot_be_spelled_out_still_says_why(expression: str) -> None:
+    # A restricted day_of_week means something else in the fields form (ANDed with day).
+    year = expression.split()[-1]
+    assert error(expression, hash_id="job") == (
+        f"invalid cron expression {expression!r}: {SECONDS_FIRST.format(year=year)}, "
+        f"with year={year!r}"
+    )
+
+
+def test_a_quartz_expression_with_a_year_says_years_are_not_a_field() -> None:
+    assert error("0 0 12 * * ? 2026") == (
+        "invalid cron expression '0 0 12 * * ? 2026': years are not a field: '2026' looks like "
+        "a year, but an expression has 5 fields, or 6 with the seconds FIRST (second minute "
+        "hour day month day_of_week); to limit the years, use cron fields instead: second='0', "
+        "minute='0', hour='12', day='*', month='*', year='2026'"
+    )
+
+
+@pytest.mark.parametrize("expression", ["* * * * * 0", "0 30 9 * * 7", "0 0 0 1 1 *"])
+def test_six_fields_ending_in_a_weekday_stay_valid_seconds_first(expression: str) -> None:
+    # croniter-style seconds-last "* * * * * 0" is also a valid seconds-first expression.
+    assert CronTrigger(expression, timezone="UTC", start_time=START).next() is not None
+
+
 def test_never_fires_is_detected_quickly() -> None:
     started = time.perf_counter()
     for _ in range(20):

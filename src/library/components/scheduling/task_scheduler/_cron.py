@@ -450,6 +450,45 @@ def _check_hash_token(spec: _Spec, token: str, prefix: str) -> None:
         )
 
 
+_YEAR_LIKE: Final = re.compile(r"(19|20|21)\d\d([-,](19|20|21)\d\d)*(/\d+)?")
+"""A last field that looks like years (``2026``, ``2026-2030``, ``2026,2028``, ``2026/2``)."""
+
+
+def _year_field_hint(tokens: list[str]) -> str:
+    """Why an expression whose last field looks like a year fails, and what to write instead.
+
+    A trailing year (``0 0 1 1 * 2026``, Quartz and some crontab dialects) would otherwise be
+    read as the day_of_week of a seconds-first expression ("day_of_week ... got 2026").
+    """
+    year = tokens[-1]
+    seconds_first = "the seconds FIRST (second minute hour day month day_of_week)"
+    if len(tokens) == 6:
+        order = f"a 6-field expression has {seconds_first}"
+    else:
+        order = f"an expression has 5 fields, or 6 with {seconds_first}"
+    text = f"years are not a field: {year!r} looks like a year, but {order}"
+    # Quartz (7 fields) counts weekdays 1 = Sunday, and in the fields form day and
+    # day_of_week are ANDed: the fields are spelled out only when day_of_week is open.
+    names = ["minute", "hour", "day", "month", "day_of_week"]
+    if len(tokens) == 7:
+        names.insert(0, "second")
+    fields = {
+        name: "*" if token == "?" else token
+        for name, token in zip(names, tokens[:-1], strict=True)
+        if not (name == "day_of_week" and token in ("*", "?"))
+    }
+    fields["year"] = year
+    if "day_of_week" not in fields:
+        try:
+            _parse_fields(fields)
+        except InvalidValueError:
+            pass
+        else:
+            shown = ", ".join(f"{name}={value!r}" for name, value in fields.items())
+            return f"{text}; to limit the years, use cron fields instead: {shown}"
+    return f"{text}; to limit the years, use cron fields instead, with year={year!r}"
+
+
 def _parse_expression(expression: str, hash_id: str | None) -> _Parsed:
     prefix = f"invalid cron expression {expression!r}"
     text = expression.strip()
@@ -461,6 +500,8 @@ def _parse_expression(expression: str, hash_id: str | None) -> _Parsed:
             )
         lowered = _MACROS[lowered]
     tokens = lowered.split()
+    if len(tokens) in (6, 7) and _YEAR_LIKE.fullmatch(tokens[-1]):
+        raise InvalidValueError(f"{prefix}: {_year_field_hint(tokens)}")
     if len(tokens) not in (5, 6):
         raise InvalidValueError(
             f"{prefix}: expected 5 fields (minute hour day month day_of_week) or 6 with "

@@ -23,17 +23,43 @@ catch an engine exception.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+SHOWN_ID_MAX = 200
+"""Characters of an id a message shows: a huge one (from a URL, say) is cut."""
+
+
+def shown_id(job_id: object) -> str:
+    """``repr(job_id)``; a longer string is cut to its first 200 characters and its length."""
+    if isinstance(job_id, str) and len(job_id) > SHOWN_ID_MAX:
+        return f"{job_id[:SHOWN_ID_MAX]!r}... ({len(job_id)} characters)"
+    return repr(job_id)
+
 
 class TaskSchedulerError(Exception):
     """Base class of every error raised by the task scheduler."""
 
 
 class JobNotFoundError(TaskSchedulerError, LookupError):
-    """No job has the given id."""
+    """No job has the given id; ``suggestions`` are ids of existing jobs close to it.
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r}")
+    ``no job with id 'heartbeat'; did you mean '__main__:heartbeat'?``
+    """
+
+    def __init__(self, job_id: str, suggestions: Sequence[str] = ()) -> None:
+        message = f"no job with id {shown_id(job_id)}"
+        if suggestions:
+            shown = [repr(suggestion) for suggestion in suggestions]
+            if len(shown) == 1:
+                message += f"; did you mean {shown[0]}?"
+            else:
+                message += f"; did you mean {', '.join(shown[:-1])} or {shown[-1]}?"
+        super().__init__(message)
         self.job_id = job_id
+        self.suggestions: tuple[str, ...] = tuple(suggestions)
+
+    def __reduce__(self) -> tuple[type[JobNotFoundError], tuple[str, tuple[str, ...]]]:
+        return type(self), (self.job_id, self.suggestions)  # pickles as it was made
 
 
 class DuplicateJobError(TaskSchedulerError, ValueError):

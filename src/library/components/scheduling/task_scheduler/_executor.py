@@ -335,19 +335,16 @@ class TaskExecutor(JobExecutor):
         run as ``abandoned`` by that id if this process dies while running it).
         """
         try:
-            options = runtime.spec.options
             while True:
-                outcome = await self._attempt(runtime, record, fire_id)
+                delay = await self._attempt(runtime, record, fire_id)
                 fire_id = None  # retries are new attempts, run by this process
-                if outcome not in (Outcome.error, Outcome.timed_out):
-                    return record
-                if record.attempt > options.retries or self._draining:
+                if delay is None:
                     return record
                 record = RunRecord(
                     next_seq(), record.job_id, record.attempt + 1, record.scheduled_at
                 )
                 runtime.add_active(record)
-                if not await self._retry_wait(retry_delay(options.retry_delay, record.attempt - 1)):
+                if not await self._retry_wait(delay):
                     runtime.drop_active(record)
                     record.finished_at = utcnow()
                     self._finish(runtime, record, Outcome.cancelled, None, "scheduler stopped")
@@ -367,9 +364,22 @@ class TaskExecutor(JobExecutor):
             return False
         return not self._draining
 
+    def _retry_in(self, runtime: JobRuntime, record: RunRecord) -> float | None:
+        """Seconds until the retry that follows this failed attempt; None if none follows."""
+        options = runtime.spec.options
+        if record.attempt > options.retries or self._draining:
+            return None
+        return retry_delay(options.retry_delay, record.attempt)
+
     async def _attempt(
         self, runtime: JobRuntime, record: RunRecord, fire_id: str | None = None
-    ) -> Outcome:
+    ) -> float | None:
+        """Run one attempt and record it; the seconds until its retry, None if none follows.
+
+        Whether a retry follows is decided here, before the attempt is recorded, so that its
+        log line says so (a WARNING without traceback, instead of an ERROR with one).
+        ``fire_id``: the engine job's id, for the first attempt of a scheduled fire.
+        """
         spec = runtime.spec
         timeout = spec.options.timeout
         record.started_at = utcnow()
@@ -389,14 +399,12 @@ class TaskExecutor(JobExecutor):
                             spec.id,
                             timeout,
                         )
-                    return self._end(
-                        runtime,
-                        record,
-                        Outcome.timed_out,
-                        None,
-                        f"timed out after {timeout} s",
-                        "TimeoutError",
+                    retry_in = self._retry_in(runtime, record)
+                    message = f"timed out after {timeout} s"
+                    self._end(
+                        runtime, record, Outcome.timed_out, None, message, "TimeoutError", retry_in
                     )
+                    return retry_in
         except get_cancelled_exc_class():
             if not spec.is_async:
                 logger.warning(
@@ -407,11 +415,14 @@ class TaskExecutor(JobExecutor):
             self._end(runtime, record, Outcome.cancelled, None, None)
             raise
         except Exception as exc:
-            return self._end(runtime, record, Outcome.error, exc, str(exc))
+            retry_in = self._retry_in(runtime, record)
+            self._end(runtime, record, Outcome.error, exc, str(exc), None, retry_in)
+            return retry_in
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, then propagate
             self._end(runtime, record, Outcome.error, exc, str(exc))
             raise
-        return self._end(runtime, record, Outcome.success, None, None)
+        self._end(runtime, record, Outcome.success, None, None)
+        return None
 
     async def _call(self, spec: JobSpec) -> None:
         if spec.is_async:
@@ -433,11 +444,11 @@ class TaskExecutor(JobExecutor):
         exc: BaseException | None,
         message: str | None,
         error_type: str | None = None,
-    ) -> Outcome:
+        retry_in: float | None = None,
+    ) -> None:
         record.finished_at = utcnow()
         runtime.drop_active(record)
-        self._finish(runtime, record, outcome, exc, message, error_type)
-        return outcome
+        self._finish(runtime, record, outcome, exc, message, error_type, retry_in)
 
     def _finish(
         self,
@@ -447,8 +458,13 @@ class TaskExecutor(JobExecutor):
         exc: BaseException | None,
         message: str | None,
         error_type: str | None = None,
+        retry_in: float | None = None,
         fire_id: str | None = None,
     ) -> None:
+        """Record a finished attempt: history, counts, the log line, the hooks.
+
+        ``retry_in``: seconds until the retry that follows it (None: none follows).
+        """
         record.outcome = outcome
         if exc is not None:
             record.error_type = type(exc).__name__
@@ -467,7 +483,7 @@ class TaskExecutor(JobExecutor):
         runtime.last = record
         if outcome is Outcome.success:
             runtime.last_success = record.finished_at
-        log_run(record, exc)
+        log_run(record, exc, runtime.spec.options.retries, retry_in)
         if self._recorder is not None:
             if fire_id is not None:  # a dead process's run: its row is finished by fire id
                 self._recorder.abandoned(record, fire_id)

@@ -12,7 +12,7 @@ from typing import Any, TypedDict
 from pydantic import ValidationError
 
 from ._config import JobDefaults
-from ._errors import InvalidTypeError, InvalidValueError
+from ._errors import InvalidTypeError, InvalidValueError, shown_id
 from ._shared import SHARED_EMPTY
 from ._triggers import TriggerSpec
 
@@ -84,16 +84,52 @@ class JobSpec:
     """True for decorator jobs, False for jobs added at run time."""
 
 
-def validate_job_id(job_id: object) -> str:
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidValueError(f"job id must be a non-empty string, got {job_id!r}")
-    return job_id
+JOB_ID_MAX_LENGTH = 200
+"""Characters a job id may have: the SQL stores' id columns hold 500 (PostgreSQL's
+varchar(500)); the rest is headroom."""
+JOB_ID_RULE = (
+    f"ids are 1-{JOB_ID_MAX_LENGTH} printable characters without '/' (and not '.' or '..')"
+)
+"""The rule every job id follows, as its errors state it. Printable is ``str.isprintable()``:
+no control characters (NUL, newlines, tabs...), no line separators, no lone surrogates. No
+``/`` and not ``.`` or ``..``: the router's ``/jobs/{job_id}`` routes could not be reached for
+such ids (a path's ``/``, even as ``%2F``, splits it; clients resolve dot segments)."""
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def is_valid_job_id(job_id: object) -> bool:
+    """True if ``job_id`` follows :data:`JOB_ID_RULE`."""
+    return (
+        isinstance(job_id, str)
+        and 0 < len(job_id) <= JOB_ID_MAX_LENGTH
+        and job_id.isprintable()
+        and "/" not in job_id
+        and job_id not in _DOT_SEGMENTS
+    )
+
+
+def validate_job_id(job_id: object, *, default: bool = False) -> str:
+    """``job_id`` if it follows :data:`JOB_ID_RULE`; else InvalidTypeError (not a string) or
+    InvalidValueError naming it (cut when huge) and the rule. ``default``: the id was made
+    from the callable's name, so the error says to pass ``id=...``."""
+    if is_valid_job_id(job_id):
+        assert isinstance(job_id, str)
+        return job_id
+    if not isinstance(job_id, str):
+        raise InvalidTypeError(f"job id must be a string, got {job_id!r}; {JOB_ID_RULE}")
+    hint = (
+        " (the default id, from the function's module and name): pass id=...;" if default else ":"
+    )
+    raise InvalidValueError(f"invalid job id {shown_id(job_id)}{hint} {JOB_ID_RULE}")
 
 
 def job_id_for(func: Callable[..., Any], options: Mapping[str, Any]) -> str:
-    """The ``id`` option, or ``"module:qualname"`` of ``func``."""
+    """The ``id`` option, or ``"module:qualname"`` of ``func``; either checked against
+    :data:`JOB_ID_RULE`."""
     job_id = options.get("id")
-    return callable_name(func) if job_id is None else validate_job_id(job_id)
+    if job_id is None:
+        return validate_job_id(callable_name(func), default=True)
+    return validate_job_id(job_id)
 
 
 def make_spec(

@@ -7,19 +7,61 @@ Pause state is runtime state: a job's definition never changes after it is made.
 
 from __future__ import annotations
 
+import difflib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import anyio
 
 from ._errors import DuplicateJobError, JobNotFoundError
-from ._jobs import JobSpec
+from ._jobs import JOB_ID_MAX_LENGTH, JobSpec
 from ._models import RunCounts
 from ._runs import NO_COUNTS, RunRecord, run_counts
 
 _NO_RECORDS: tuple[RunRecord, ...] = ()
+
+SUGGESTIONS_MAX = 3
+"""At most this many ids a :class:`JobNotFoundError` suggests."""
+FUZZY_MATCH_MAX_JOBS = 2000
+"""With more jobs than this, only exact names are suggested (no fuzzy matching): an unknown
+id stays cheap to answer, a 404 of the router included."""
+
+
+def _name(job_id: str) -> str:
+    """The part of a ``module:qualname`` id after the ``:`` (an id without one: all of it)."""
+    return job_id.partition(":")[2] or job_id
+
+
+def close_ids(job_id: str, known: Collection[str]) -> list[str]:
+    """Up to :data:`SUGGESTIONS_MAX` of the ``known`` ids that ``job_id`` may have meant.
+
+    First the ids with the same name (the part after ``:``, any case): ``heartbeat`` and
+    ``other.module:heartbeat`` mean ``__main__:heartbeat``; ``method`` means
+    ``pkg.mod:Class.method``. Then ids close to it (:func:`difflib.get_close_matches`), whole
+    and by name. Nothing for an id longer than any valid one.
+    """
+    if not job_id or len(job_id) > JOB_ID_MAX_LENGTH or not known:
+        return []
+    name = _name(job_id).casefold()
+    dotted = "." + name
+    found: dict[str, None] = {}  # ordered, without duplicates
+    for other in known:
+        other_name = _name(other).casefold()
+        if other_name == name or other_name.endswith(dotted) or other.casefold() == name:
+            found[other] = None
+            if len(found) == SUGGESTIONS_MAX:
+                return list(found)
+    if len(known) <= FUZZY_MATCH_MAX_JOBS:
+        for match in difflib.get_close_matches(job_id, known, n=SUGGESTIONS_MAX):
+            found[match] = None
+        by_name: dict[str, list[str]] = {}
+        for other in known:
+            by_name.setdefault(_name(other), []).append(other)
+        for match in difflib.get_close_matches(_name(job_id), by_name, n=SUGGESTIONS_MAX):
+            found.update(dict.fromkeys(by_name[match]))
+    return list(found)[:SUGGESTIONS_MAX]
 
 
 @dataclass(slots=True, eq=False)
@@ -97,10 +139,11 @@ class JobRegistry:
         self.finished.discard(job_id)
 
     def __getitem__(self, job_id: str) -> JobRuntime:
+        """The job; :class:`JobNotFoundError`, with the ids it may have meant, if none."""
         try:
             return self.by_id[job_id]
         except KeyError:
-            raise JobNotFoundError(job_id) from None
+            raise JobNotFoundError(job_id, close_ids(job_id, self.by_id.keys())) from None
 
     def get(self, job_id: str) -> JobRuntime | None:
         return self.by_id.get(job_id)

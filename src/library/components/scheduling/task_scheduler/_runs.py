@@ -94,11 +94,19 @@ def run_counts(counts: list[int] | tuple[int, ...]) -> RunCounts:
     return RunCounts(**{o.value: n for o, n in zip(OUTCOMES, counts, strict=True)})
 
 
-def log_run(record: RunRecord, exc: BaseException | None) -> None:
-    """The one log line of a finished attempt; formats nothing no handler wants."""
+def log_run(
+    record: RunRecord, exc: BaseException | None, retries: int = 0, retry_in: float | None = None
+) -> None:
+    """The one log line of a finished attempt; formats nothing no handler wants.
+
+    ``retries``: the job's; with any, the line says ``attempt 2 of 3`` (retries + 1), without,
+    ``attempt 1``. ``retry_in``: seconds until the retry that follows this attempt;
+    such an attempt logs at WARNING, on one line without its traceback (``...; retrying in
+    2.0 s``); the final one at its outcome's level (``error``: ERROR, with the traceback).
+    """
     outcome = record.outcome
     assert outcome is not None
-    level = _LOG_LEVELS[outcome]
+    level = _LOG_LEVELS[outcome] if retry_in is None else logging.WARNING
     if not logger.isEnabledFor(level):
         return
     run_id = record.run_id
@@ -108,14 +116,21 @@ def log_run(record: RunRecord, exc: BaseException | None) -> None:
         "outcome": outcome.value,
         "duration": record.duration,
         "attempt": record.attempt,
+        "attempts": retries + 1,
+        "retry_in": retry_in,
     }
     detail = f": {record.error_message}" if record.error_message else ""
+    of = f" of {retries + 1}" if retries else ""
+    if retry_in is not None:
+        detail += f"; retrying in {round(retry_in, 3)} s"
+        exc = None  # the run goes on: the final failure shows the traceback
     logger.log(
         level,
-        "job %r run %s (attempt %d) %s%s",
+        "job %r run %s (attempt %d%s) %s%s",
         record.job_id,
         run_id,
         record.attempt,
+        of,
         outcome.value,
         detail,
         extra=extra,

@@ -108,8 +108,89 @@ def _moment(value: datetime | None) -> tuple[object, ...]:
     return () if value is None else (value, value.tzinfo, value.fold)
 
 
+MIN_INTERVAL = timedelta(milliseconds=1)
+"""The shortest interval. A shorter one is almost surely a unit mistake (``seconds=1e-9``),
+and timedelta keeps whole microseconds only: it would be rounded, below 0.5 us to nothing."""
+MAX_INTERVAL = timedelta(days=36525)
+"""The longest interval, 100 years: fire times (start + n intervals) stay far inside what
+datetimes and the stores can hold, with seconds exact to the microsecond as a float."""
+INTERVAL_RANGE = "an interval is from 1 ms to 100 years (36525 days)"
+"""The valid range, as every interval error states it."""
+INTERVAL_UNITS: tuple[tuple[str, float], ...] = (
+    ("weeks", 604800.0), ("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0),
+    ("seconds", 1.0),
+)  # fmt: skip
+"""The interval's units, with their size in seconds."""
+_MAX_SECONDS = MAX_INTERVAL.total_seconds()
+
+
+def interval_from_units(
+    weeks: object, days: object, hours: object, minutes: object, seconds: object
+) -> timedelta:
+    """The interval the units add up to; InvalidTypeError or InvalidValueError, naming the
+    units given and the valid range, unless it is from :data:`MIN_INTERVAL` to
+    :data:`MAX_INTERVAL`.
+
+    Each unit is an int or float >= 0 (not a bool, not NaN or infinite); each is checked
+    against the maximum on its own before any arithmetic, so no value overflows.
+    """
+    values = (weeks, days, hours, minutes, seconds)
+    checked: list[float] = []
+    total = 0.0
+    for (unit, size), value in zip(INTERVAL_UNITS, values, strict=True):
+        kind = type(value)
+        if kind is not int and kind is not float:  # the common case skips isinstance
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise InvalidTypeError(
+                    f"interval {unit} must be an int or float, got {value!r} "
+                    f"({kind.__name__}); {INTERVAL_RANGE}"
+                )
+        assert isinstance(value, (int, float))
+        if not 0 <= value < math.inf:  # also NaN, which compares false to everything
+            raise InvalidValueError(
+                f"invalid interval {_given(values)}: {unit} must be a finite number >= 0; "
+                f"{INTERVAL_RANGE}"
+            )
+        if value > _MAX_SECONDS / size:  # exact for huge ints too: no float conversion
+            raise InvalidValueError(
+                f"invalid interval {_given(values)}: more than 100 years; {INTERVAL_RANGE}"
+            )
+        checked.append(value)
+        total += value * size
+    if total == 0:
+        raise InvalidValueError(
+            "invalid interval: it must be positive: give weeks, days, hours, minutes or "
+            f"seconds; {INTERVAL_RANGE}"
+        )
+    interval = timedelta(weeks=checked[0], days=checked[1], hours=checked[2], minutes=checked[3])
+    interval += timedelta(seconds=checked[4])
+    if interval < MIN_INTERVAL:
+        raise InvalidValueError(
+            f"invalid interval {_given(values)}: {total:g} s is shorter than 1 ms; {INTERVAL_RANGE}"
+        )
+    if interval > MAX_INTERVAL:
+        raise InvalidValueError(
+            f"invalid interval {_given(values)}: {total:g} s is more than 100 years; "
+            f"{INTERVAL_RANGE}"
+        )
+    return interval
+
+
+def _given(values: tuple[object, ...]) -> str:
+    """``"hours=1, seconds=5"``: the units given (not 0), as the user wrote them."""
+    return ", ".join(
+        f"{unit}={value!r}"
+        for (unit, _), value in zip(INTERVAL_UNITS, values, strict=True)
+        if not (type(value) in (int, float) and value == 0)
+    )
+
+
 class IntervalSpec(TriggerSpec):
-    """Fires every ``interval``; the first fire is one interval after start, unless ``start``."""
+    """Fires every ``interval``; the first fire is one interval after start, unless ``start``.
+
+    The interval is from :data:`MIN_INTERVAL` (1 ms) to :data:`MAX_INTERVAL` (100 years);
+    anything else fails here, at declaration (:func:`interval_from_units`).
+    """
 
     __slots__ = ("interval",)
 
@@ -126,21 +207,7 @@ class IntervalSpec(TriggerSpec):
         tz: ZoneInfo,
     ) -> None:
         super().__init__(tz, start, end)
-        for unit, value in (
-            ("weeks", weeks), ("days", days), ("hours", hours), ("minutes", minutes),
-            ("seconds", seconds),
-        ):  # fmt: skip
-            kind = type(value)
-            if (kind is int or kind is float) and value >= 0:
-                continue  # the common case, without the isinstance checks below
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise InvalidValueError(f"interval {unit} must be a number >= 0, got {value!r}")
-        self.interval = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
-        self.interval += timedelta(seconds=seconds)
-        if self.interval <= timedelta(0):
-            raise InvalidValueError(
-                "interval must be positive: give weeks, days, hours, minutes or seconds > 0"
-            )
+        self.interval = interval_from_units(weeks, days, hours, minutes, seconds)
 
     def shared(self) -> IntervalSpec:
         # Jobs with equal intervals (the common case: many jobs, few distinct intervals)

@@ -103,7 +103,7 @@ JobId = Annotated[str, Path(description="The job's id.")]
 _ERRORS: dict[int, str] = {
     401: "No credentials (from the router's `dependencies`).",
     403: "Credentials refused (by the router's `dependencies`).",
-    404: "No job has this id.",
+    404: "No job has this id; the detail names it, and any ids close to it.",
     409: "The job is at its max_instances limit, or the scheduler is not running.",
     503: "No scheduler is configured.",
 }
