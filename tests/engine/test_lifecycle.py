@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -295,3 +297,37 @@ def test_lifespan_yields_the_scheduler_as_state() -> None:
 
     with TestClient(app) as client:
         assert client.get("/state").json() == {"same": True}
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+def test_ctrl_c_delivered_inside_a_job_stops_cleanly_on_trio(anyio_backend: str) -> None:
+    """trio delivers Ctrl-C in whichever task runs: in a job, it came out of trio.run as a
+    nested BaseExceptionGroup (a long traceback), not as the KeyboardInterrupt a program
+    catches. Real process: a KeyboardInterrupt must not reach the test runner."""
+    script = """
+import logging, trio
+from library.components.scheduling.task_scheduler import TaskScheduler
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+scheduler = TaskScheduler()
+
+@scheduler.interval(seconds=0.05, id="ctrl-c")
+async def ctrl_c():
+    raise KeyboardInterrupt  # as when the signal arrives while this job runs
+
+async def main():
+    async with scheduler:
+        await trio.sleep(20)
+
+try:
+    trio.run(main)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "interrupted"
+    assert "task scheduler stopped" in result.stderr
+    assert "ExceptionGroup" not in result.stderr

@@ -84,12 +84,15 @@ def root_exception(exc: BaseException) -> BaseException:
     return exc
 
 
-def only_of(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
-    """True if every exception in ``group`` (nested groups too) is ``exc`` itself."""
-    return all(
-        only_of(inner, exc) if isinstance(inner, BaseExceptionGroup) else inner is exc
-        for inner in group.exceptions
-    )
+def leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside ``group`` and its nested groups."""
+    leaves: list[BaseException] = []
+    for inner in group.exceptions:
+        if isinstance(inner, BaseExceptionGroup):
+            leaves.extend(leaf_exceptions(inner))
+        else:
+            leaves.append(inner)
+    return leaves
 
 
 def root_message(exc: BaseException) -> str:
@@ -382,10 +385,15 @@ class Lifecycle:
                     return bool(await stack.__aexit__(exc_type, exc_val, exc_tb))
                 except BaseExceptionGroup as group:
                     # trio's nurseries wrap everything in a group (strict exception groups):
-                    # the owner's own exception (Ctrl-C's KeyboardInterrupt, an error in its
-                    # block) leaves as it came in, as on asyncio, not as a nested group.
-                    if exc_val is not None and only_of(group, exc_val):
+                    # the owner's own exception (an error in its block) leaves as it came in,
+                    # as on asyncio, not as a nested group. So does Ctrl-C, which trio may
+                    # deliver in any task - the owner's, a job's, the engine's.
+                    leaves = leaf_exceptions(group)
+                    if exc_val is not None and all(leaf is exc_val for leaf in leaves):
                         raise exc_val from None
+                    if leaves and all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+                        interrupt = exc_val if isinstance(exc_val, KeyboardInterrupt) else None
+                        raise (interrupt or leaves[0]) from None
                     raise
             return False
         finally:
