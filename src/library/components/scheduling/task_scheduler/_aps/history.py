@@ -75,6 +75,8 @@ def add_history_tables(metadata: MetaData) -> None:
     Index(f"{RUNS_TABLE}_job_at", runs.c.job_id, runs.c.at)
     Index(f"{RUNS_TABLE}_at", runs.c.at)
     Index(f"{RUNS_TABLE}_fire", runs.c.fire_id)
+    # Runs in progress (outcome NULL) are few: found through this index, not a scan.
+    Index(f"{RUNS_TABLE}_outcome", runs.c.outcome)
     Table(
         STATS_TABLE,
         metadata,
