@@ -4,7 +4,8 @@ APScheduler hands every queued job to :meth:`TaskExecutor.run_job`, inside the e
 task group. Here each fire gets its checks (draining, misfire grace, max_instances, jitter),
 its attempts (each under a cancel scope when the job has a timeout; sync callables in worker
 threads), its retries, and one recorded outcome per attempt. Nothing a job raises leaves this
-module, except cancellation and ``BaseException`` such as ``KeyboardInterrupt``.
+module (``SystemExit`` fails the run, as in APScheduler 3), except cancellation and
+``KeyboardInterrupt``.
 
 This is the hot path: per run it allocates one small record and formats no log message that
 no handler wants.
@@ -256,7 +257,9 @@ class TaskExecutor(JobExecutor):
         while True:
             if self._draining:
                 record.finished_at = utcnow()
-                self._finish(runtime, record, Outcome.cancelled, None, "scheduler is shutting down")
+                # Never started: not a cancelled run (that is one stopped while it ran).
+                message = "not started: the scheduler is shutting down"
+                self._finish(runtime, record, Outcome.skipped, None, message)
                 return
             if runtime.running < options.max_instances:
                 break
@@ -414,11 +417,13 @@ class TaskExecutor(JobExecutor):
                 )
             self._end(runtime, record, Outcome.cancelled, None, None)
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too, as in APScheduler 3: a job (or a function shared with a CLI)
+            # that calls sys.exit() fails its run; it does not stop the app.
             retry_in = self._retry_in(runtime, record)
             self._end(runtime, record, Outcome.error, exc, str(exc), None, retry_in)
             return retry_in
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, then propagate
+        except BaseException as exc:  # KeyboardInterrupt (Ctrl-C): record, then propagate
             self._end(runtime, record, Outcome.error, exc, str(exc))
             raise
         self._end(runtime, record, Outcome.success, None, None)
