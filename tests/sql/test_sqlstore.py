@@ -250,6 +250,26 @@ async def test_jobs_whose_lease_ran_out_are_abandoned_once_and_free_their_slot(
         assert len(await acquire(survivor, "survivor")) == 1, "the slot is free again"
 
 
+async def test_a_swept_job_leaves_its_result_as_the_stock_cleanup_does(url: str) -> None:
+    """APScheduler's own data-store suite found it: the sweep published JobReleased
+    (abandoned) but wrote no result row, so get_job_result() returned None."""
+    async with open_store(url) as survivor, open_store(url) as dying:
+        await add_task(survivor, limit=1)
+        job = Job(
+            task_id="t",
+            schedule_id="t",
+            scheduled_fire_time=now().replace(microsecond=0),
+            executor="x",
+            result_expiration_time=timedelta(minutes=5),
+        )
+        await survivor.add_job(job)
+        [acquired] = await acquire(dying, "dying")
+        await dying.extend_acquired_job_leases("dying", {acquired.id}, timedelta(seconds=-1))
+        await acquire(survivor, "survivor")  # sweeps
+        result = await survivor.get_job_result(job.id)
+    assert result is not None and result.outcome is JobOutcome.abandoned
+
+
 async def test_jobs_of_a_process_that_is_gone_are_abandoned_at_once(pg_url: str) -> None:
     """Its PostgreSQL session ended with it: no need to wait out its lease."""
     notices = Notices()

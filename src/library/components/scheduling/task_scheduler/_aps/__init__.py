@@ -169,8 +169,9 @@ a decorator runs before its module binds the name ("importable by name" only at 
 No marked workaround: the 8000-byte NOTIFY payload limit (our executor records a job's
 ``Exception`` itself and returns normally: no traceback reaches a ``JobReleased``) and SQLite
 shared between processes (upstream #959, #1032; a SQLite store is for one process). Ours,
-open: the sweep of a dead process's job writes no job-result row, which the stock
-``cleanup()`` writes (APScheduler's own data-store test suite, run against our stores, shows it).
+closed since: the sweep of a dead process's job writes the job-result row the stock
+``cleanup()`` writes (APScheduler's own data-store test suite, run against our stores, showed
+it missing; test_sqlstore.py::test_a_swept_job_leaves_its_result_as_the_stock_cleanup_does).
 """
 
 from __future__ import annotations

@@ -424,9 +424,13 @@ class SQLStore(SQLAlchemyDataStore):
                 if deleted.first() is None:
                     continue  # its holder released it after all, or a peer swept it
                 await self._give_back_slot(conn, job.task_id)
-            result = JobResult.from_job(
-                job, JobOutcome.abandoned, finished_at=datetime.now(timezone.utc)
-            )
+                result = JobResult.from_job(
+                    job, JobOutcome.abandoned, finished_at=datetime.now(timezone.utc)
+                )
+                if result.expires_at > result.finished_at:
+                    # As 4.0.0a6's cleanup() does for an expired job: get_job_result() finds it.
+                    results = self._t_job_results.insert()
+                    await self._execute(conn, results.values(**result.marshal(self.serializer)))
             holder = str(job.acquired_by)
             event = JobReleased.from_result(
                 result, holder, job.task_id, job.schedule_id, job.scheduled_fire_time
