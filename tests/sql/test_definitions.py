@@ -14,7 +14,11 @@ from apscheduler import Schedule
 from apscheduler.triggers.interval import IntervalTrigger
 from helpers import noop
 
-from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler
+from library.components.scheduling.task_scheduler import (
+    InvalidValueError,
+    SchedulerConfig,
+    TaskScheduler,
+)
 from library.components.scheduling.task_scheduler._reconcile import as_metadata, stored_definition
 
 pytestmark = pytest.mark.anyio
@@ -72,3 +76,29 @@ async def test_a_decorated_function_is_checked_by_name_only_at_start(app_module:
     module.nightly = noop
     with pytest.raises(ValueError, match="does not import as the same callable"):
         await other.start()
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(1, 1, 1, tzinfo=timezone.utc),
+        datetime(1, 1, 1),  # naive: read in the configured zone
+        datetime(9999, 12, 31, tzinfo=timezone.utc),
+    ],
+)
+async def test_a_date_the_store_cannot_hold_is_refused_and_nothing_is_lost(
+    pg_url: str, when: datetime
+) -> None:
+    """datetime(1, 1, 1) raised 'year 0 is out of range' (the value unnamed), the engine
+    crash-looped, and every new process on that database failed at start()."""
+    scheduler = TaskScheduler(SchedulerConfig(store=pg_url))
+    scheduler.interval(hours=1, id="kept")(noop)
+    async with scheduler:
+        with pytest.raises(InvalidValueError, match=r"run time .* is out of range: it must be"):
+            await scheduler.add_date_job(noop, "y1", run_at=when)
+        assert scheduler.state == "running"
+    again = TaskScheduler(SchedulerConfig(store=pg_url))
+    again.interval(hours=1, id="kept")(noop)
+    async with again:
+        assert [job.id for job in await again.get_jobs()] == ["kept"]
+        assert again.state == "running"

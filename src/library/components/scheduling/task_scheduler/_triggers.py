@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,6 +34,23 @@ def as_aware(value: datetime, tz: ZoneInfo, what: str) -> datetime:
     return value
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+"""Fire times, starts and ends a store can hold and the engine can compute with (room for a
+100-year interval past the latest). Outside: an error at declaration. PostgreSQL took a
+``datetime(1, 1, 1)`` run time, then the engine crash-looped on it in every process."""
+
+
+def in_range(value: datetime, what: str) -> datetime:
+    """``value`` if it is within :data:`EARLIEST` .. :data:`LATEST`, else InvalidValueError."""
+    if not EARLIEST <= value <= LATEST:
+        raise InvalidValueError(
+            f"{what} {value.isoformat()} is out of range: it must be from "
+            f"{EARLIEST.date().isoformat()} to {LATEST.date().isoformat()} (UTC)"
+        )
+    return value
+
+
 class TriggerSpec(ABC):
     """When a job fires, as declared."""
 
@@ -41,8 +58,8 @@ class TriggerSpec(ABC):
 
     def __init__(self, tz: ZoneInfo, start: datetime | None, end: datetime | None) -> None:
         self.tz = tz
-        self.start = None if start is None else as_aware(start, tz, "start")
-        self.end = None if end is None else as_aware(end, tz, "end")
+        self.start = None if start is None else in_range(as_aware(start, tz, "start"), "start")
+        self.end = None if end is None else in_range(as_aware(end, tz, "end"), "end")
         if self.start is not None and self.end is not None and self.end < self.start:
             raise InvalidValueError(
                 f"end {self.end.isoformat()} is before start {self.start.isoformat()}"
@@ -333,7 +350,7 @@ class DateSpec(TriggerSpec):
 
     def __init__(self, run_at: datetime, *, tz: ZoneInfo) -> None:
         super().__init__(tz, None, None)
-        self.run_at = as_aware(run_at, tz, "run time")
+        self.run_at = in_range(as_aware(run_at, tz, "run time"), "run time")
 
     def build(self, now: datetime, *, allow_past: bool = False) -> Trigger | None:
         if self.run_at < now and not allow_past:
