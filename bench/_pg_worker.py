@@ -33,6 +33,8 @@ except ImportError:  # a source checkout that is not installed: use its src/ dir
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler
 
+PACKAGE = "library.components.scheduling.task_scheduler"
+
 RUNS: list[tuple[str, float, float]] = []
 """(job id, scheduled fire time, start time) of every run in this process, appended by job."""
 
@@ -52,15 +54,19 @@ def utc(wall: float) -> datetime:
     return datetime.fromtimestamp(wall, timezone.utc)
 
 
-async def history_check(scheduler: TaskScheduler, n: int, since: float) -> dict[str, Any]:
+async def history_check(
+    scheduler: TaskScheduler, n: int, since: float, limit: int, worker: str | None
+) -> dict[str, Any]:
     """Compare the scheduler's run history from ``since`` on with what the job itself saw, and
-    count the outcomes of those fires."""
+    count the outcomes of those fires. ``limit``: runs asked for per job (the default differs
+    between versions); ``worker``: this process's id, where runs name the worker that ran them
+    (a history shared by the processes then keeps only this one's)."""
     outcomes: Counter[str] = Counter()
     history: set[tuple[str, float]] = set()
     for index in range(n):
-        for run in await scheduler.get_runs(f"j{index}"):
+        for run in await scheduler.get_runs(f"j{index}", limit):
             fire = run.scheduled_at.timestamp()
-            if fire < since:
+            if fire < since or (worker and getattr(run, "worker", worker) not in (None, worker)):
                 continue
             outcomes[run.outcome.value if run.outcome else "in progress"] += 1
             if run.started_at is not None:
@@ -88,6 +94,8 @@ async def measure_async(params: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(seconds_until(window_close - BOUNDARY_LEAD))
         cpu_last, wall_last = time.process_time(), time.time()
         await asyncio.sleep(seconds_until(window_close + tail))
+        # The worker id, in versions that have one (after the window: it may ask the store).
+        worker = getattr(await scheduler.get_status(), "worker_id", None)
         stopping = time.time()
     stopped = time.time()
     return {
@@ -97,7 +105,8 @@ async def measure_async(params: dict[str, Any]) -> dict[str, Any]:
         "stop_s": stopped - stopping,
         "window_first": {"cpu": cpu_first, "wall": wall_first},
         "window_last": {"cpu": cpu_last, "wall": wall_last},
-        **(await history_check(scheduler, n, window_open)),
+        "worker_id": worker,
+        **(await history_check(scheduler, n, window_open, history_size, worker)),
         "runs": RUNS,
     }
 
@@ -108,6 +117,8 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     # Plain asyncio, as under uvicorn (the SQL store is asyncio-only).
     result = asyncio.run(measure_async(params))
     result["task_scheduler_from"] = sys.modules[TaskScheduler.__module__].__file__
+    # The package itself: pg.py checks it lies in the src/ directory the cell was meant to run.
+    result["task_scheduler_package"] = sys.modules[PACKAGE].__file__
     return result
 
 

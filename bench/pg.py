@@ -2,14 +2,17 @@
 
     python bench/pg.py [--quick] [--dsn postgresql://user@host:port/db] [--out FILE]
                        [--counts 20,100] [--processes 1,3] [--repeat K] [--src SRC_DIR]
+                       [--variant NAME=SRC_DIR ...]
 
 Every cell runs its processes fresh (``_pg_worker.py``) on a fresh PostgreSQL schema, dropped
 afterwards. N interval schedules of 1 s fire together each second; over a fixed window, once
 every process has started, the cell measures runs per second, each job's coverage of its fires,
 duplicated fires, start lateness, and CPU per run of the workers and of the PostgreSQL backends
 that serve them. The last count is well past what the machine can run each second: its runs
-per second is the throughput at saturation. Prints a Markdown table; writes JSON
-(``bench/results/pg-latest.json``). See ``bench/README.md`` for what each number means.
+per second is the throughput at saturation. ``--variant`` runs every cell also with our package
+from another src/ directory, interleaved (same run: compare ratios, not runs). Prints a Markdown
+table; writes JSON (``bench/results/pg-latest.json``). See ``bench/README.md`` for what each
+number means.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import math
 import os
 import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,8 +62,31 @@ EPSILON = 1e-3
 LOG_LEVELS = ("WARNING", "ERROR", "CRITICAL", "Traceback")
 """Lines of a worker's stderr that count as log messages worth reporting."""
 SAMPLE_LINES = 5
-SUMMED = ("duplicated_fires", "history_mismatches", "log_lines")
+SUMMED = (
+    "duplicated_fires",
+    "history_mismatches",
+    "log_lines",
+    "history_missing",
+    "history_extra",
+)
 """Fields added up over the repeats of a cell, not their median: one duplicate shows."""
+OURS = "ours"
+"""The name of the code under test by default: the installed package, or ``--src``."""
+RUNS_TABLE = "task_scheduler_runs"
+"""The run history's table in the store's schema, in versions that keep one there."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A version of our package under test: a name, and the src/ directory it is imported
+    from (None: the installed one, i.e. this checkout's src/)."""
+
+    name: str
+    src: Path | None
+
+    def expected_dir(self) -> Path:
+        """Where its package must be imported from."""
+        return (self.src if self.src is not None else ROOT / "src").resolve()
 
 
 @dataclass(frozen=True)
@@ -185,10 +212,10 @@ class Worker:
 
 def launch(params: dict[str, Any], count: int, src: Path | None) -> list[Worker]:
     """Start ``count`` worker processes with the same params. ``src``: import our package from
-    that src/ directory instead of the installed one."""
+    that src/ directory instead of the installed one (first on PYTHONPATH)."""
     env = dict(os.environ)
     if src is not None:
-        env["PYTHONPATH"] = str(src)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     workers = []
     for _ in range(count):
         stderr = tempfile.TemporaryFile()
@@ -274,7 +301,23 @@ async def watch(dsn: str, workers: list[Worker], window_open: float, window: int
     return Window(wall, busy, meter.seconds())
 
 
-def run_cell(plan: Plan, dsn: str, n: int, processes: int, src: Path | None) -> dict[str, Any]:
+async def history_rows(dsn: str, schema: str) -> list[tuple[str, int, bool]] | None:
+    """(job id, scheduled fire time in µs, started) of every row of the cell's run history
+    table; None if the version under test keeps no such table."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        table = f'"{schema}".{RUNS_TABLE}'
+        if await connection.fetchval("SELECT to_regclass($1) IS NULL", table):
+            return None
+        rows = await connection.fetch(
+            f"SELECT job_id, scheduled_at, started_at IS NOT NULL AS started FROM {table}"
+        )
+    finally:
+        await connection.close()
+    return [(row["job_id"], row["scheduled_at"], row["started"]) for row in rows]
+
+
+def run_cell(plan: Plan, dsn: str, n: int, processes: int, variant: Variant) -> dict[str, Any]:
     """One measurement: ``processes`` fresh processes, ``n`` schedules, a fresh schema."""
     schema = f"{SCHEMA_PREFIX}{uuid.uuid4().hex[:12]}"
     t0 = aligned_start(FIRST_FIRE_LEAD)
@@ -286,8 +329,9 @@ def run_cell(plan: Plan, dsn: str, n: int, processes: int, src: Path | None) -> 
         "window": plan.window,
         "tail": plan.tail,
     }
-    workers = launch(params, processes, src)
+    workers = launch(params, processes, variant.src)
     outputs: list[tuple[dict[str, Any] | None, str]] = []
+    stored: list[tuple[str, int, bool]] | None = None
     try:
         if wait_ready(workers, time.time() + READY_TIMEOUT):
             # A whole second from t0, as every fire: the window opens warmup s after the last
@@ -303,13 +347,45 @@ def run_cell(plan: Plan, dsn: str, n: int, processes: int, src: Path | None) -> 
             deadline = time.time()
         for worker in workers:
             outputs.append(finish(worker, deadline - time.time()))
+        stored = asyncio.run(history_rows(dsn, schema))  # every process has stopped
     finally:
         for worker in workers:
             if worker.process.poll() is None:
                 worker.process.kill()
                 worker.process.wait()
         fetch_value(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    return analyse(plan, n, window_open, outputs, seen)
+    result = analyse(plan, n, window_open, outputs, seen)
+    if "error" in result:
+        return result
+    imported = {r["task_scheduler_package"] for r, _ in outputs if r is not None}
+    wrong = [f for f in imported if not Path(f).resolve().is_relative_to(variant.expected_dir())]
+    if wrong:
+        expected = variant.expected_dir()
+        return {"error": f"{variant.name} imported {sorted(wrong)}, not from {expected}"}
+    return {"variant": variant.name, **result, **stored_history(outputs, stored)}
+
+
+def stored_history(
+    outputs: list[tuple[dict[str, Any] | None, str]], stored: list[tuple[str, int, bool]] | None
+) -> dict[str, Any]:
+    """The run history the processes wrote to the store, against the runs their job saw over
+    the whole cell: rows, rows of started runs, and runs missing from it or only in it."""
+    if stored is None:
+        return {"history_rows": None}
+    ran = {
+        (job_id, round(fire * 1e6))
+        for result, _ in outputs
+        if result is not None
+        for job_id, fire, _ in result["runs"]
+    }
+    started = {(job_id, fire) for job_id, fire, was_started in stored if was_started}
+    return {
+        "history_rows": len(stored),
+        "history_rows_started": sum(1 for *_, was_started in stored if was_started),
+        "runs_total": len(ran),
+        "history_missing": len(ran - started),
+        "history_extra": len(started - ran),
+    }
 
 
 def log_lines(stderr: str) -> list[str]:
@@ -377,6 +453,7 @@ def analyse(
         "cpu_ms_per_run_workers": per_run_ms(worker_cpu),
         "cpu_ms_per_run_postgres": per_run_ms(postgres),
         "cpu_ms_per_run_machine": per_run_ms(busy),
+        "cpu_ms_per_run_total": per_run_ms(worker_cpu + postgres),
         "worker_cores": worker_cpu / span,
         "postgres_cores": postgres / span,
         "others_cpu_cores": max(0.0, busy - worker_cpu - (postgres or 0.0)) / span,
@@ -387,6 +464,7 @@ def analyse(
         "log_lines": len(logs),
         "log_sample": logs[:SAMPLE_LINES],
         "task_scheduler_from": results[0]["task_scheduler_from"],
+        "task_scheduler_package": results[0]["task_scheduler_package"],
         "environment": results[0]["environment"],
     }
 
@@ -397,7 +475,13 @@ def summary(result: dict[str, Any]) -> str:
     return (
         f"{result['runs_per_s']:,.0f} runs/s, coverage {result['min_coverage']:.2f}, "
         f"{result['duplicated_fires']} duplicated, p99 {result['lateness_p99_ms']:,.0f} ms, "
-        f"{result['cpu_ms_per_run_workers']:.2f} ms CPU/run, {result['log_lines']} log lines"
+        f"{result['cpu_ms_per_run_workers']:.2f} + {result['cpu_ms_per_run_postgres']:.2f} ms "
+        f"CPU/run (workers + PostgreSQL), {result['log_lines']} log lines"
+        + (
+            ""
+            if result.get("history_rows") is None
+            else f", {result['history_rows']} history rows, {result['history_missing']} missing"
+        )
     )
 
 
@@ -407,24 +491,74 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     good = [run for run in runs if "error" not in run]
     if good:
         for name in SUMMED:
-            merged[name] = sum(run[name] for run in good)
+            if all(run.get(name) is not None for run in good):
+                merged[name] = sum(run[name] for run in good)
         if len(good) < len(runs):
             merged["failed_repeats"] = len(runs) - len(good)
     return merged
 
 
-def run_suite(plan: Plan, dsn: str, src: Path | None, repeat: int) -> dict[str, dict[str, Any]]:
+def cell_key(variant: str, n: int, processes: int) -> str:
+    """``n20-p1`` for our code, ``NAME-n20-p1`` for a ``--variant``."""
+    return f"n{n}-p{processes}" if variant == OURS else f"{variant}-n{n}-p{processes}"
+
+
+def run_suite(
+    plan: Plan, dsn: str, variants: list[Variant], repeat: int
+) -> dict[str, dict[str, Any]]:
     cells = [(n, processes) for n in plan.counts for processes in plan.processes]
-    runs: dict[str, list[dict[str, Any]]] = {f"n{n}-p{p}": [] for n, p in cells}
+    runs: dict[str, list[dict[str, Any]]] = {
+        cell_key(v.name, n, p): [] for n, p in cells for v in variants
+    }
     for round_ in range(repeat):  # cells interleaved, so drift hits them all alike
+        # The variants of a cell run back to back, in an order that turns each round.
+        turn = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
         for n, processes in cells:
-            key = f"n{n}-p{processes}"
-            which = f" (repeat {round_ + 1}/{repeat})" if repeat > 1 else ""
-            log(f"{key}{which}: {n:,} schedules in {processes} process(es) ...")
-            result = run_cell(plan, dsn, n, processes, src)
-            log(f"  {summary(result)}")
-            runs[key].append(result)
+            for variant in turn:
+                key = cell_key(variant.name, n, processes)
+                which = f" (repeat {round_ + 1}/{repeat})" if repeat > 1 else ""
+                log(f"{key}{which}: {n:,} schedules in {processes} process(es) ...")
+                result = run_cell(plan, dsn, n, processes, variant)
+                log(f"  {summary(result)}  [load {os.getloadavg()[0]:.2f}]")
+                runs[key].append(result)
     return {key: merge(found) for key, found in runs.items()}
+
+
+def ratios(
+    plan: Plan, variants: list[Variant], results: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per cell and ``--variant``, CPU per run of ours (workers + PostgreSQL) / the variant's:
+    per repeat (the same round of the same run), their median, and the ratio of the medians."""
+    found: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        if variant.name == OURS:
+            continue
+        for n in plan.counts:
+            for processes in plan.processes:
+                ours = results[cell_key(OURS, n, processes)]
+                theirs = results[cell_key(variant.name, n, processes)]
+                if "error" in ours or "error" in theirs:
+                    continue
+                field = "cpu_ms_per_run_total"
+                pairs = zip(
+                    ours.get("repeats", [ours]), theirs.get("repeats", [theirs]), strict=True
+                )
+                each = [
+                    a[field] / b[field]
+                    for a, b in pairs
+                    if "error" not in a and "error" not in b and b[field]
+                ]
+                found[f"{variant.name}-n{n}-p{processes}"] = {
+                    "variant": variant.name,
+                    "n": n,
+                    "processes": processes,
+                    "ours_ms": ours[field],
+                    "variant_ms": theirs[field],
+                    "ratio_of_medians": ours[field] / theirs[field] if theirs[field] else None,
+                    "ratio_per_repeat": each,
+                    "median_ratio": statistics.median(each) if each else None,
+                }
+    return found
 
 
 # ---------------------------------------------------------------------------- the table
@@ -437,19 +571,25 @@ def _mark(result: dict[str, Any]) -> str:
     return marks
 
 
-def markdown(plan: Plan, results: dict[str, dict[str, Any]]) -> str:
+def markdown(plan: Plan, results: dict[str, dict[str, Any]], several: bool) -> str:
+    """The table; ``several``: more than one version of our code ran (a column says which)."""
     head = (
         "| schedules (fires/s) | processes | runs/s | min coverage | duplicated fires "
         "| lateness p50 / p99 / max (ms) | CPU/run, workers (ms) | CPU/run, PostgreSQL (ms) "
         "| cores: workers / PostgreSQL / others | start, slowest process (s) |"
     )
-    lines = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for result in results.values():
+    rule = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    if several:
+        head, rule = "| code " + head, "|---" + rule
+    lines = [head, rule]
+    for key, result in results.items():
+        code = f"| {result.get('variant', key)} " if several else ""
         if "error" in result:
-            lines.append(f"| | | error: {result['error'][:80]} | | | | | | | |")
+            lines.append(f"{code}| | | error: {result['error'][:80]} | | | | | | | |")
             continue
         lines.append(
-            f"| {int(result['n']):,} | {int(result['processes'])} | {result['runs_per_s']:,.0f}"
+            f"{code}| {int(result['n']):,} | {int(result['processes'])} "
+            f"| {result['runs_per_s']:,.0f}"
             f"{_mark(result)} | {result['min_coverage']:.2f} | {int(result['duplicated_fires'])} "
             f"| {result['lateness_p50_ms']:,.0f} / {result['lateness_p99_ms']:,.0f} / "
             f"{result['lateness_max_ms']:,.0f} | {result['cpu_ms_per_run_workers']:.2f} "
@@ -463,6 +603,23 @@ def markdown(plan: Plan, results: dict[str, dict[str, Any]]) -> str:
     ]
     used = [f"{mark} {text}" for mark, text in notes if f" {mark}" in body]
     return "\n".join([body, "", *used]) if used else body
+
+
+def ratio_markdown(found: dict[str, dict[str, Any]]) -> str:
+    """CPU per run, workers + PostgreSQL: ours against each ``--variant``, cell by cell."""
+    lines = [
+        "| schedules (fires/s) | processes | variant | CPU/run, ours (ms) | CPU/run, variant (ms) "
+        "| ours / variant, per repeat | median of those |",
+        "|---:|---:|---|---:|---:|---|---:|",
+    ]
+    for row in found.values():
+        each = ", ".join(f"{value:.2f}" for value in row["ratio_per_repeat"])
+        median = "—" if row["median_ratio"] is None else f"{row['median_ratio']:.2f}"
+        lines.append(
+            f"| {row['n']:,} | {row['processes']} | {row['variant']} | {row['ours_ms']:.2f} "
+            f"| {row['variant_ms']:.2f} | {each} | {median} |"
+        )
+    return "\n".join(lines)
 
 
 def machine_line(machine: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
@@ -508,6 +665,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--src", type=Path, help="run our package from this src/ directory (e.g. a snapshot)"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also run every cell with our package from another src/ directory (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
@@ -518,11 +682,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.src is not None and not (args.src / "library").is_dir():
         sys.exit(f"--src wants a src/ directory holding library/, got {args.src}")
     src = args.src.resolve() if args.src is not None else None
+    variants = [Variant(OURS, src)]
+    for text in args.variant:
+        name, sep, where = text.partition("=")
+        if not sep or not name or name in {v.name for v in variants} or "/" in name:
+            sys.exit(f"--variant wants NAME=SRC_DIR with a new name, got {text!r}")
+        if not (Path(where) / "library").is_dir():
+            sys.exit(f"--variant wants a src/ directory holding library/, got {where!r}")
+        variants.append(Variant(name, Path(where).resolve()))
     machine, git = machine_info(), git_info()
     machine["postgresql"] = fetch_value(args.dsn, "SHOW server_version")
     begin = time.perf_counter()
-    results = run_suite(plan, args.dsn, src, max(1, args.repeat))
-    table = markdown(plan, results)
+    results = run_suite(plan, args.dsn, variants, max(1, args.repeat))
+    table = markdown(plan, results, several=len(variants) > 1)
+    compared = ratios(plan, variants, results)
+    if compared:
+        table += "\n\n" + ratio_markdown(compared)
     report = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": plan.mode,
@@ -532,8 +707,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "git": git,
         "src": str(src) if src is not None else None,
+        "variants": {v.name: str(v.src) if v.src else None for v in variants},
         "database": without_credentials(args.dsn),
         "results": results,
+        "ratios": compared,
         "table_markdown": table,
     }
     write_report(args.out, report)
