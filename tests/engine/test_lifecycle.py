@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -338,3 +339,25 @@ except KeyboardInterrupt:
     assert result.stdout.strip() == "interrupted"
     assert "task scheduler stopped" in result.stderr
     assert "ExceptionGroup" not in result.stderr
+
+
+async def test_an_event_loop_blocked_by_a_job_is_noticed_and_named(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``time.sleep(3)`` inside ``async def`` was logged ``success`` while every other job
+    started 3 s late and health probes timed out."""
+    scheduler = TaskScheduler()
+
+    async def blocks() -> None:
+        time.sleep(1.5)  # noqa: ASYNC251 - the point of the test
+
+    scheduler.interval(hours=1, id="blocks")(blocks)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    async with scheduler:
+        assert (await scheduler.get_status()).loop_lag < 1.0
+        await scheduler.run_job("blocks")
+        await anyio.sleep(1.0)  # the watchdog's next look
+        status = await scheduler.get_status()
+    blocked = [message for message in caplog.messages if "event loop was blocked" in message]
+    assert len(blocked) == 1 and "'blocks'" in blocked[0]
+    assert status.loop_lag >= 1.0

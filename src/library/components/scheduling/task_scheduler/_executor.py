@@ -147,6 +147,21 @@ class TaskExecutor(JobExecutor):
                 await self._idle.wait()
         return self._in_progress == 0
 
+    def blocking_suspects(self, since: datetime) -> list[str]:
+        """Async jobs whose attempt was running at ``since`` (or later): those that may have
+        blocked the event loop then. A scan of every job: only when a block was seen."""
+        suspects = []
+        for job_id, runtime in self._jobs.items():
+            if not runtime.spec.is_async:
+                continue  # plain functions run in worker threads
+            records = [*runtime.active, *(() if runtime.last is None else (runtime.last,))]
+            for record in records:
+                started, finished = record.started_at, record.finished_at
+                if started is not None and (finished is None or finished >= since):
+                    suspects.append(job_id)
+                    break
+        return suspects
+
     def running_jobs(self) -> list[str]:
         return [job_id for job_id, runtime in self._jobs.items() if runtime.running]
 

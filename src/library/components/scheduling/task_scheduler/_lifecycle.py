@@ -28,8 +28,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from types import TracebackType
 
@@ -53,6 +54,13 @@ from ._registry import JobRegistry
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
+LAG_CHECK_INTERVAL = 0.5
+"""Seconds between two looks at the event loop: how late a sleep of this long wakes is the
+time the loop was blocked (one wake-up per half second: nothing on the hot path)."""
+LAG_WARNING = 1.0
+"""Seconds of a blocked event loop that are logged as a WARNING, naming the jobs."""
+LAG_WINDOW = 300.0
+"""Seconds over which status reports the worst lag."""
 RESTART_DELAY_FIRST = 1.0
 RESTART_DELAY_MAX = 30.0
 RESTARTS_ALLOWED = 5
@@ -134,6 +142,9 @@ class Lifecycle:
         self._loop_token: anyio.lowlevel.EventLoopToken | None = None
         self._loop_thread: int | None = None
         self._watcher_scope: CancelScope | None = None
+        self._watchdog_scope: CancelScope | None = None
+        self._lag = 0.0
+        self._lag_at = 0.0
 
     @property
     def state(self) -> SchedulerState:
@@ -184,6 +195,9 @@ class Lifecycle:
             task_group = await stack.enter_async_context(anyio.create_task_group())
             await task_group.start(self._hooks.serve, name="task_scheduler hooks")
             await task_group.start(self._executor.serve_retries, name="task_scheduler retries")
+            self._watchdog_scope = await task_group.start(
+                self._watch_loop, name="task_scheduler loop watchdog"
+            )
             self._watcher_scope = await task_group.start(
                 self._watch_stop_request,
                 self._stop_request,
@@ -289,6 +303,38 @@ class Lifecycle:
             if count:
                 logger.info("gave back %d claimed schedule(s) and unstarted job(s)", count)
 
+    @property
+    def loop_lag(self) -> float:
+        """The longest the event loop was blocked in the last LAG_WINDOW seconds."""
+        if anyio.current_time() - self._lag_at > LAG_WINDOW:
+            return 0.0
+        return self._lag
+
+    async def _watch_loop(self, *, task_status: TaskStatus[CancelScope]) -> None:
+        """Notice an event loop blocked by a job (``time.sleep`` in ``async def``): its other
+        jobs start late and health probes time out, while the job itself looks fine."""
+        with CancelScope() as scope:
+            task_status.started(scope)
+            await self._watch(anyio.current_time)
+
+    async def _watch(self, clock: Callable[[], float]) -> None:
+        while True:
+            expected = clock() + LAG_CHECK_INTERVAL
+            await anyio.sleep(LAG_CHECK_INTERVAL)
+            now = clock()
+            lag = now - expected
+            if lag > self._lag or now - self._lag_at > LAG_WINDOW:
+                self._lag, self._lag_at = max(lag, 0.0), now
+            if lag > LAG_WARNING:
+                suspects = self._executor.blocking_suspects(utcnow() - timedelta(seconds=lag))
+                logger.warning(
+                    "the event loop was blocked for %.1f s: every job and request waited; "
+                    "running then: %s (blocking code in an async def job belongs in a plain "
+                    "def job, which runs in a worker thread)",
+                    lag,
+                    ", ".join(repr(job_id) for job_id in suspects) or "no job",
+                )
+
     # -- stop ------------------------------------------------------------------------
 
     async def shutdown(
@@ -373,8 +419,9 @@ class Lifecycle:
         (the cancellation :meth:`request_stop` sent into an ``async with`` block)."""
         stack, self._exit_stack = self._exit_stack, None
         try:
-            if self._watcher_scope is not None:
-                self._watcher_scope.cancel()
+            for scope in (self._watcher_scope, self._watchdog_scope):
+                if scope is not None:
+                    scope.cancel()
             if self.task_group is not None:
                 # Queued hooks and the engine's teardown get a short grace, then are cancelled.
                 # (A deadline on the group's own scope: a new scope around its exit would
@@ -398,7 +445,7 @@ class Lifecycle:
             return False
         finally:
             self._stop_request = None
-            self._watcher_scope = None
+            self._watcher_scope = self._watchdog_scope = None
             self.task_group = None
             self.engine = None
             self.phase = Phase.stopped

@@ -126,6 +126,11 @@ class SchedulerStatus(BaseModel):
         "worker's start) is older.",
     )
     worker_id: str | None = Field(None, description="This worker's (process's) id.")
+    loop_lag: float = Field(
+        0.0,
+        description="Seconds: the longest the event loop was blocked in the last 5 minutes "
+        "(a job calling blocking code in `async def`); over 1 s is logged as a WARNING.",
+    )
     workers: int = Field(0, description="Live workers sharing the store (1 on memory://).")
 
 

@@ -462,6 +462,7 @@ class TaskScheduler:
             runs_in_progress=self._executor.in_progress,
             stale_jobs=await self._stale_jobs(history),
             worker_id=self._worker.id,
+            loop_lag=round(lifecycle.loop_lag, 3),
             workers=len(await history.workers()),
         )
 
