@@ -192,11 +192,12 @@ async def test_a_fire_due_while_max_instances_run_anywhere_is_skipped(url: str) 
     assert queued == [after.id]
 
 
-async def test_a_backlog_enqueued_together_still_queues_behind_the_limit(url: str) -> None:
+async def test_a_backlog_enqueued_together_still_queues_behind_the_limit(pg_url: str) -> None:
     """coalesce=False: the missed fires of one schedule, enqueued in one batch, all run one
-    after another, even when a peer starts the first before the rest are enqueued."""
+    after another, even when a peer starts the first before the rest are enqueued.
+    (A peer process: PostgreSQL only; a SQLite store is for one process.)"""
     notices = Notices()
-    async with open_store(url, notices) as store, open_store(url) as peer:
+    async with open_store(pg_url, notices) as store, open_store(pg_url) as peer:
         await add_task(store, limit=1)
         await new_batch(store)
         at = now().replace(microsecond=0) - timedelta(seconds=3)
@@ -237,11 +238,12 @@ async def test_jobs_whose_lease_ran_out_are_abandoned_once_and_free_their_slot(
     """#1110: another process re-acquired such a job (running it twice) and the dead
     holder's slot was never given back."""
     notices = Notices()
-    async with open_store(url, notices) as survivor, open_store(url) as dying:
-        await add_task(survivor, limit=1)
-        await survivor.add_job(fire())
+    async with open_store(url) as dying:  # a process that dies while running the job
+        await add_task(dying, limit=1)
+        await dying.add_job(fire())
         [job] = await acquire(dying, "dying")
         await dying.extend_acquired_job_leases("dying", {job.id}, timedelta(seconds=-1))
+    async with open_store(url, notices) as survivor:  # a peer, or the next start
         assert await acquire(survivor, "survivor") == [], "not run a second time"
         assert await acquire(survivor, "survivor") == []
         assert [found.id for found in notices.abandoned_jobs] == [job.id]
@@ -253,18 +255,19 @@ async def test_jobs_whose_lease_ran_out_are_abandoned_once_and_free_their_slot(
 async def test_a_swept_job_leaves_its_result_as_the_stock_cleanup_does(url: str) -> None:
     """APScheduler's own data-store suite found it: the sweep published JobReleased
     (abandoned) but wrote no result row, so get_job_result() returned None."""
-    async with open_store(url) as survivor, open_store(url) as dying:
-        await add_task(survivor, limit=1)
-        job = Job(
-            task_id="t",
-            schedule_id="t",
-            scheduled_fire_time=now().replace(microsecond=0),
-            executor="x",
-            result_expiration_time=timedelta(minutes=5),
-        )
-        await survivor.add_job(job)
+    job = Job(
+        task_id="t",
+        schedule_id="t",
+        scheduled_fire_time=now().replace(microsecond=0),
+        executor="x",
+        result_expiration_time=timedelta(minutes=5),
+    )
+    async with open_store(url) as dying:
+        await add_task(dying, limit=1)
+        await dying.add_job(job)
         [acquired] = await acquire(dying, "dying")
         await dying.extend_acquired_job_leases("dying", {acquired.id}, timedelta(seconds=-1))
+    async with open_store(url) as survivor:
         await acquire(survivor, "survivor")  # sweeps
         result = await survivor.get_job_result(job.id)
     assert result is not None and result.outcome is JobOutcome.abandoned

@@ -166,9 +166,17 @@ a decorator runs before its module binds the name ("importable by name" only at 
             _backend:SQLBackend.install_all
     test:   test_definitions.py::test_a_decorated_function_is_checked_by_name_only_at_start
 
+SQLite shared between processes (upstream #959, #1032): duplicated fires, stalled jobs, and
+running counts left in the file that throttled every later start
+    closed: _aps.stores:hold_sqlite_file (a file lock: the second process fails at start,
+            naming the first); _aps.sqlstore:SQLStore._recount_running (counts repaired at
+            start)
+    tests:  test_sqlite_one_process.py::test_a_second_process_on_one_sqlite_file_is_refused
+            test_sqlite_one_process.py::
+            test_running_counts_left_in_the_file_are_repaired_at_start
+
 No marked workaround: the 8000-byte NOTIFY payload limit (our executor records a job's
-``Exception`` itself and returns normally: no traceback reaches a ``JobReleased``) and SQLite
-shared between processes (upstream #959, #1032; a SQLite store is for one process). Ours,
+``Exception`` itself and returns normally: no traceback reaches a ``JobReleased``). Ours,
 closed since: the sweep of a dead process's job writes the job-result row the stock
 ``cleanup()`` writes (APScheduler's own data-store test suite, run against our stores, showed
 it missing; test_sqlstore.py::test_a_swept_job_leaves_its_result_as_the_stock_cleanup_does).

@@ -226,6 +226,24 @@ class SQLStore(SQLAlchemyDataStore):
     ) -> None:
         await super().start(exit_stack, event_broker, logger)
         exit_stack.push_async_callback(self._drop_liveness)
+        if self._engine.dialect.name == "sqlite":
+            await self._recount_running()
+
+    async def _recount_running(self) -> None:
+        """SQLite (one process, held by a file lock): each task's running count is the
+        number of its jobs still acquired - by a process that died, since no other can run.
+        A file once shared by two processes kept counts no job held, and later starts
+        skipped those tasks' fires for good ("N run(s) in progress across processes").
+        The sweep then releases the dead process's jobs, giving each slot back once."""
+        tasks, jobs = self._t_tasks, self._t_jobs
+        held = (
+            select(func.count())
+            .select_from(jobs)
+            .where(jobs.c.task_id == tasks.c.id, jobs.c.acquired_by.is_not(None))
+            .scalar_subquery()
+        )
+        async with self._begin_transaction() as conn:
+            await self._execute(conn, tasks.update().values(running_jobs=held))
 
     async def _announce(self, scheduler_id: str) -> None:
         """Hold, while this process lives, an advisory lock named after it (PostgreSQL).

@@ -7,7 +7,9 @@ from what a database holds). APScheduler's SQL store is asyncio-only.
 from __future__ import annotations
 
 import importlib.util
+import os
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -18,6 +20,11 @@ from apscheduler.eventbrokers.local import LocalEventBroker
 from .._errors import MissingDependencyError, StoreUnavailableError, UnsupportedError
 from .._urls import StoreURL, without_password
 from .memstore import MemoryStore
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from .sqlstore import RunNotices, SQLStore
@@ -82,6 +89,8 @@ async def open_sql_store(
     from .sqlstore import SQLStore, ensure_schema
 
     assert store.sqlalchemy_url is not None
+    if store.kind == "sqlite":
+        hold_sqlite_file(store, exit_stack)
     connect_args: dict[str, Any] = {}
     if store.kind == "postgresql":
         connect_args["timeout"] = connect_timeout
@@ -120,6 +129,37 @@ async def open_sql_store(
     else:
         event_broker = LocalEventBroker()  # SQLite: one process only
     return data_store, event_broker
+
+
+def hold_sqlite_file(store: StoreURL, exit_stack: AsyncExitStack) -> None:
+    """Hold an exclusive advisory lock beside a SQLite store's file while it is open.
+
+    SQLite must never be shared between processes (upstream #959, #1032): two processes on
+    one file (``uvicorn --workers 4``) fired jobs twice, stalled most of them and left
+    running counts in the file that throttled every later start - without a word. The
+    second process now fails at start, naming the first.
+    """
+    if fcntl is None:  # pragma: no cover - Windows: no advisory locks
+        return
+    path = Path(urlsplit(store.url).path[1:])
+    lock_path = path.with_name(path.name + ".lock")
+    handle = lock_path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreUnavailableError(
+            f"the SQLite store {store.display} is in use by process {holder}: a SQLite store "
+            f"is for one process; for several workers use PostgreSQL "
+            f"(postgresql://user@host:port/db)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    exit_stack.callback(handle.close)  # closing the file releases the lock
 
 
 async def _redis_broker(url: str, connect_timeout: float) -> EventBroker:
