@@ -108,21 +108,21 @@ async def test_jobs_no_longer_declared_are_removed_runtime_jobs_are_kept(store: 
 
 
 async def backlog_after_restart(store: str, **job: object) -> list[RunInfo]:
-    """Runs for fires that came due while the scheduler was stopped for ~1.6 s (3 fires)."""
-    job = {"hours": 0, "seconds": 0.5, **job}
+    """The runs of a restart after ~2 s down: the schedule (every 0.5 s) ends before the
+    restart, so every run of the second start is a catch-up run - identified by who ran it,
+    not by a wall-clock window (which counted the next regular fire on a busy machine)."""
+    end = datetime.now(timezone.utc) + timedelta(seconds=2.5)
+    job = {"hours": 0, "seconds": 0.5, "end": end, **job}
     first = scheduler_for(store, **job)
     async with first:
         await wait_for_runs(first, "tick")
-    stopped = datetime.now(timezone.utc)
-    await anyio.sleep(1.6)
+    await anyio.sleep(max(0.0, (end - datetime.now(timezone.utc)).total_seconds()) + 0.3)
     second = scheduler_for(store, **job)
     async with second:
         await anyio.sleep(0.8)
-    runs = [run for run in await second.get_runs("tick") if run.started_at is not None]
-    # The backlog is enqueued at once when the store is read at start, before the first of its
-    # runs starts; later fires come due after that.
-    first_start = min(run.started_at for run in runs if run.started_at is not None)
-    return [run for run in runs if stopped < run.scheduled_at <= first_start]
+        here = (await second.get_status()).worker_id  # the history is every worker's
+        runs = await second.get_runs("tick")
+    return [run for run in runs if run.worker == here and run.started_at is not None]
 
 
 async def test_coalesced_backlog_runs_once_after_a_restart(store: str) -> None:
@@ -249,3 +249,35 @@ async def test_sql_stores_recover_from_a_dead_process_within_short_leases(store:
         assert engine is not None
         assert engine.lease_duration == timedelta(seconds=10)
         assert engine.cleanup_interval == timedelta(seconds=5)
+
+
+async def hold() -> None:
+    await anyio.sleep(1.5)
+
+
+async def test_fires_left_queued_by_a_stop_and_the_backlog_make_one_catch_up_run(
+    store: str,
+) -> None:
+    """A stopping process leaves the fires that come due during its drain queued (for the
+    other processes, or its next start). With coalesce=True its next start ran them and
+    the coalesced backlog: two catch-up runs where one was asked for."""
+    end = datetime.now(timezone.utc) + timedelta(seconds=3)
+
+    def declare() -> TaskScheduler:
+        scheduler = TaskScheduler(SchedulerConfig(store=store))
+        # Ends before the restart: every run after it is a catch-up run.
+        scheduler.interval(seconds=0.2, end=end, id="tick")(tick)
+        scheduler.interval(hours=1, id="hold")(hold)
+        return scheduler
+
+    first = declare()
+    async with first:
+        await wait_for_runs(first, "tick")
+        await first.run_job("hold", wait=False)  # the drain waits ~1.5 s for it
+    await anyio.sleep(max(0.0, (end - datetime.now(timezone.utc)).total_seconds()) + 0.5)
+    second = declare()
+    async with second:
+        await anyio.sleep(1.0)
+        here = (await second.get_status()).worker_id  # the history is every worker's
+        catch_up = [run for run in await second.get_runs("tick") if run.worker == here]
+    assert [run.outcome for run in catch_up] == [Outcome.success]

@@ -470,3 +470,24 @@ async def test_a_fire_queued_before_a_pause_does_not_run_after_a_restart(url: st
         (run,) = await wait_for_runs(second, "paused", outcome=Outcome.skipped)
     assert PAUSED_CALLS == []
     assert run.error_message == "the job was paused"
+
+
+async def test_a_coalescing_schedules_new_fire_supersedes_its_unstarted_queued_ones(
+    url: str,
+) -> None:
+    """4.0.0a6 coalesces only the fires one batch finds due: fires already queued unstarted
+    (left by a stopping process, or waiting for a free slot) all ran, one after another."""
+    async with open_store(url) as store:
+        await add_task(store, limit=None)
+        await add_schedule(store)  # coalesce=True
+        [schedule] = await store.acquire_schedules("me", LEASE, 10)  # the batch in hand
+        first = fire(at=now().replace(microsecond=0) - timedelta(seconds=2))
+        await store.add_job(first)
+        assert [job.id for job in await store.get_jobs()] == [first.id]
+        await store.release_schedules("me", [])
+        await store.acquire_schedules("me", LEASE, 10)  # the next batch
+        second = fire(at=now().replace(microsecond=0))
+        await store.add_job(second)
+        queued = [job.id for job in await store.get_jobs()]
+    assert schedule.coalesce is CoalescePolicy.latest
+    assert queued == [second.id]

@@ -166,6 +166,14 @@ a decorator runs before its module binds the name ("importable by name" only at 
             _backend:SQLBackend.install_all
     test:   test_definitions.py::test_a_decorated_function_is_checked_by_name_only_at_start
 
+coalescing covers only the fires one batch finds due: fires left queued unstarted (by a
+stopping process) ran besides the backlog's catch-up run after a restart
+    closed: _aps.sqlstore:SQLStore._coalesce_queue (a new fire supersedes queued ones) and
+            SQLStore._drop_superseded_fires (at start, before the engine's loops)
+    tests:  test_sqlstore.py::
+            test_a_coalescing_schedules_new_fire_supersedes_its_unstarted_queued_ones
+            test_persistence.py::
+            test_fires_left_queued_by_a_stop_and_the_backlog_make_one_catch_up_run
 SQLite shared between processes (upstream #959, #1032): duplicated fires, stalled jobs, and
 running counts left in the file that throttled every later start
     closed: _aps.stores:hold_sqlite_file (a file lock: the second process fails at start,

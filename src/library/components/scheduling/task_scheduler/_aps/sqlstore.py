@@ -13,6 +13,7 @@ from uuid import UUID
 import anyio
 import attrs
 from apscheduler import (
+    CoalescePolicy,
     ConflictPolicy,
     Job,
     JobAdded,
@@ -118,6 +119,8 @@ class SQLStore(SQLAlchemyDataStore):
     """Jobs this process acquired and has not released yet."""
     _enqueued: set[str] = attrs.field(init=False, factory=set)
     """Schedules of the batch in hand that had a fire enqueued: the rest is their backlog."""
+    _coalescing: set[str] = attrs.field(init=False, factory=set)
+    """Schedules of the batch in hand that coalesce (coalesce=True)."""
 
     # -- the ledger of enqueued fires ------------------------------------------------
 
@@ -199,6 +202,8 @@ class SQLStore(SQLAlchemyDataStore):
                         running = task.running
                     else:
                         running = None
+                        if job.schedule_id in self._coalescing:
+                            await self._coalesce_queue(conn, job.schedule_id)
                         insert = self._t_jobs.insert().values(**job.marshal(self.serializer))
                         await self._execute(conn, insert)
         if running is not None:
@@ -207,6 +212,19 @@ class SQLStore(SQLAlchemyDataStore):
         self._enqueued.add(job.schedule_id)
         await self._event_broker.publish(
             JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
+        )
+
+    async def _coalesce_queue(self, conn: Any, schedule_id: str) -> None:
+        """coalesce=True: this fire supersedes the schedule's fires still queued unstarted.
+
+        4.0.0a6 coalesces only the fires one batch finds due. Fires left queued by a stopped
+        process (a draining one leaves them to others, or to its next start) ran as well:
+        after a restart, one catch-up run for those and one for the coalesced backlog.
+        """
+        jobs = self._t_jobs
+        await self._execute(
+            conn,
+            jobs.delete().where(jobs.c.schedule_id == schedule_id, jobs.c.acquired_by.is_(None)),
         )
 
     async def _prune_fired(self) -> None:
@@ -228,6 +246,27 @@ class SQLStore(SQLAlchemyDataStore):
         exit_stack.push_async_callback(self._drop_liveness)
         if self._engine.dialect.name == "sqlite":
             await self._recount_running()
+        await self._drop_superseded_fires()
+
+    async def _drop_superseded_fires(self) -> None:
+        """At start: fires left queued unstarted (by a process that stopped) of coalescing
+        schedules that are due again - the backlog's one catch-up run supersedes them.
+
+        Before the engine's loops start: its job loop would otherwise take a left fire
+        before the schedule loop enqueues the backlog, and both would run (see
+        :meth:`_coalesce_queue` for fires queued while running).
+        """
+        jobs, schedules = self._t_jobs, self._t_schedules
+        due = select(schedules.c.id).where(
+            schedules.c.coalesce == CoalescePolicy.latest,
+            schedules.c.paused == false(),
+            schedules.c.next_fire_time <= self._fire_time_value(datetime.now(timezone.utc)),
+        )
+        async with self._begin_transaction() as conn:
+            await self._execute(
+                conn,
+                jobs.delete().where(jobs.c.acquired_by.is_(None), jobs.c.schedule_id.in_(due)),
+            )
 
     async def _recount_running(self) -> None:
         """SQLite (one process, held by a file lock): each task's running count is the
@@ -493,6 +532,7 @@ class SQLStore(SQLAlchemyDataStore):
         )
         if schedules:
             self._in_hand += 1
+        self._coalescing = {s.id for s in schedules if s.coalesce is CoalescePolicy.latest}
         return schedules
 
     async def release_schedules(self, scheduler_id: str, results: Sequence[ScheduleResult]) -> None:
