@@ -43,7 +43,7 @@ from ._aps.stores import open_memory_store, open_sql_store
 from ._clock import utcnow
 from ._config import SchedulerConfig
 from ._executor import TaskExecutor
-from ._history import ClusterHistory, History, RunRecorder, Worker, WorkerStatus
+from ._history import ClusterHistory, History, RunRecorder, Worker, WorkerStatus, store_timeout
 from ._jobs import JobSpec
 from ._log import logger
 from ._reconcile import (
@@ -201,23 +201,36 @@ class _EngineBackend(ABC):
                 conflict_policy=policy,
             )
 
+    # The management calls: a store that does not answer raises StoreUnavailableError
+    # within a few seconds (APScheduler retries a lost connection for a minute or more).
+
     async def place(self, engine: AsyncScheduler, runtime: JobRuntime) -> None:
-        await self._schedule(engine, runtime, utcnow(), allow_past=True)
+        with store_timeout():
+            await self._schedule(engine, runtime, utcnow(), allow_past=True)
 
     async def pause(self, engine: AsyncScheduler, job_id: str) -> None:
-        with engine_errors(job_id):
+        with store_timeout(), engine_errors(job_id):
             await engine.pause_schedule(job_id)
 
     async def resume(self, engine: AsyncScheduler, job_id: str) -> None:
-        with engine_errors(job_id):
+        with store_timeout(), engine_errors(job_id):
             await engine.unpause_schedule(job_id, resume_from="now")
+
+    async def remove(self, engine: AsyncScheduler, job_id: str) -> None:
+        with store_timeout():
+            await self._remove(engine, job_id)
 
     async def schedules(
         self, engine: AsyncScheduler, ids: set[str] | None = None
     ) -> dict[str, Schedule]:
         """The engine's schedules (of ``ids``), by job id."""
-        found = await engine.data_store.get_schedules(ids)
+        with store_timeout():
+            found = await engine.data_store.get_schedules(ids)
         return {schedule.id: schedule for schedule in found}
+
+    @abstractmethod
+    async def _remove(self, engine: AsyncScheduler, job_id: str) -> None:
+        """Take a job out of the engine."""
 
 
 class MemoryBackend(_EngineBackend):
@@ -262,7 +275,7 @@ class MemoryBackend(_EngineBackend):
         # executor finds each fire's job by its schedule id, which is the job id.
         return MEMORY_TASK_ID
 
-    async def remove(self, engine: AsyncScheduler, job_id: str) -> None:
+    async def _remove(self, engine: AsyncScheduler, job_id: str) -> None:
         await engine.remove_schedule(job_id)  # jobs share one task: it stays
 
     # One process: nothing to leave to others or to give back at a stop.
@@ -410,7 +423,7 @@ class SQLBackend(_EngineBackend):
             return None
         return self._load(job.task_id, data, paused=False)
 
-    async def remove(self, engine: AsyncScheduler, job_id: str) -> None:
+    async def _remove(self, engine: AsyncScheduler, job_id: str) -> None:
         await engine.remove_schedule(job_id)
         await self._remove_task(engine, job_id)
 
