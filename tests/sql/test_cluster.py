@@ -198,3 +198,20 @@ async def test_a_store_from_the_previous_release_gets_the_history_tables(
         runs = await scheduler.get_runs("nightly")
         workers_now = await scheduler.get_workers()
     assert [run.outcome for run in runs] == [Outcome.success] and len(workers_now) == 1
+
+
+async def test_a_pause_by_one_worker_is_every_workers(pg_url: str) -> None:
+    """The pause state lived in the memory of the worker that paused: the others showed the
+    job unpaused, judged it stale (health 503), and their resume_job() did nothing."""
+    a, b = (TaskScheduler(SchedulerConfig(store=pg_url)) for _ in range(2))
+    for scheduler in (a, b):
+        scheduler.interval(hours=1, id="tick", max_staleness=0.3)(tick)
+    async with a, b:
+        await a.pause_job("tick")
+        seen_by_b = await b.get_job("tick")
+        await anyio.sleep(0.5)  # past max_staleness: a paused job is never stale
+        stale_on_b = (await b.get_status()).stale_jobs
+        resumed = await b.resume_job("tick")
+        seen_by_a = await a.get_job("tick")
+    assert seen_by_b.paused and stale_on_b == []
+    assert not resumed.paused and not seen_by_a.paused and seen_by_a.next_run_time is not None

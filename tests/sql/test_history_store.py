@@ -108,3 +108,15 @@ async def test_workers_come_and_go(sql_url: str) -> None:
         after = [row.id for row in await history.workers(t - timedelta(hours=1))]
     assert live == ["a", "b"]
     assert after == ["b"]  # a left, and old was forgotten
+
+
+async def test_the_last_success_never_goes_back(sql_url: str) -> None:
+    """A worker's batch written late (a slow flush, a retried write) carried an older
+    success that overwrote a newer one: jobs turned stale across the cluster."""
+    newer, older = now(), now() - timedelta(seconds=30)
+    async with open_history(sql_url) as history:
+        await history.write([], {"j": {"success": 1}}, {"j": newer})
+        await history.write([], {"j": {"success": 1}}, {"j": older})
+        await history.write([], {"j": {"error": 1}}, {})
+        stats = await history.stats(["j"])
+    assert stats["j"].last_success_at == newer and stats["j"].counts["success"] == 2

@@ -44,6 +44,7 @@ PUBLIC = [
     "TriggerInfo",
     "UnsupportedError",
     "WaitTimeoutError",
+    "WorkerInfo",
     "__version__",
 ]
 

@@ -37,6 +37,7 @@ from ._models import (
     SchedulerState,
     SchedulerStatus,
     TriggerInfo,
+    WorkerInfo,
 )
 from ._scheduler import TaskScheduler
 
@@ -67,5 +68,6 @@ __all__ = [
     "TriggerInfo",
     "UnsupportedError",
     "WaitTimeoutError",
+    "WorkerInfo",
     "__version__",
 ]

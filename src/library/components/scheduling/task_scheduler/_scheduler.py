@@ -268,22 +268,51 @@ class TaskScheduler:
     async def pause_job(self, job_id: str) -> JobInfo:
         """Stop firing the job until :meth:`resume_job`; a run in progress goes on."""
         runtime = self._registry[job_id]
+        await self._refresh_paused([runtime])
         if not runtime.paused:
             runtime.paused = True
             engine = self._lifecycle.live_engine
             if engine is not None and job_id not in self._registry.finished:
-                await self._backend.pause(engine, job_id)
+                try:
+                    await self._backend.pause(engine, job_id)
+                except BaseException:
+                    runtime.paused = False  # not paused in the store: a retry must write again
+                    raise
         return await self.get_job(job_id)
 
     async def resume_job(self, job_id: str) -> JobInfo:
         """Fire the job again, from now on: fires missed while paused are not run."""
         runtime = self._registry[job_id]
+        await self._refresh_paused([runtime])
         if runtime.paused:
             runtime.paused = False
             engine = self._lifecycle.live_engine
             if engine is not None and job_id not in self._registry.finished:
-                await self._backend.resume(engine, job_id)
+                try:
+                    await self._backend.resume(engine, job_id)
+                except BaseException:
+                    runtime.paused = True  # still paused in the store: a retry must write again
+                    raise
         return await self.get_job(job_id)
+
+    async def _refresh_paused(self, runtimes: list[JobRuntime]) -> None:
+        """Take each job's pause state from the engine's schedule: on a shared store, another
+        worker may have paused or resumed it (the schedule in the store is the truth)."""
+        engine = self._lifecycle.live_engine
+        if engine is None:
+            return
+        ids = {runtime.spec.id for runtime in runtimes} - self._registry.finished
+        if not ids:
+            return
+        schedules = await self._backend.schedules(engine, ids)
+        self._take_paused(runtimes, schedules)
+
+    @staticmethod
+    def _take_paused(runtimes: list[JobRuntime], schedules: dict[str, Schedule]) -> None:
+        for runtime in runtimes:
+            schedule = schedules.get(runtime.spec.id)
+            if schedule is not None:
+                runtime.paused = schedule.paused
 
     async def remove_job(self, job_id: str) -> None:
         """Remove the job; a run in progress is allowed to finish."""
@@ -300,6 +329,7 @@ class TaskScheduler:
         engine = self._lifecycle.live_engine
         if engine is not None and job_id not in self._registry.finished:
             schedule = (await self._backend.schedules(engine, {job_id})).get(job_id)
+            self._take_paused([runtime], {job_id: schedule} if schedule is not None else {})
         facts = await self._history().facts([runtime])
         return self._job_info(runtime, schedule, facts[job_id])
 
@@ -310,6 +340,7 @@ class TaskScheduler:
         if engine is not None:
             schedules = await self._backend.schedules(engine)
         runtimes = list(self._registry)
+        self._take_paused(runtimes, schedules)
         facts = await self._history().facts(runtimes)
         return [
             self._job_info(runtime, schedules.get(runtime.spec.id), facts[runtime.spec.id])
@@ -473,10 +504,10 @@ class TaskScheduler:
         if started_at is None or self.state not in ("running", "starting", "failed"):
             return []
         watched = [
-            runtime
-            for runtime in self._registry
-            if runtime.spec.options.max_staleness is not None and not runtime.paused
+            runtime for runtime in self._registry if runtime.spec.options.max_staleness is not None
         ]
+        await self._refresh_paused(watched)  # paused by any worker: not stale
+        watched = [runtime for runtime in watched if not runtime.paused]
         if not watched:
             return []
         facts = await history.facts(watched)

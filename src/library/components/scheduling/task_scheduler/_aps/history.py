@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Unicode,
     and_,
+    case,
     func,
     or_,
     select,
@@ -164,8 +165,15 @@ class RunHistory:
             index_elements=[stats.c.job_id],
             set_={
                 **{name: stats.c[name] + getattr(insert.excluded, name) for name in OUTCOMES},
-                "last_success_at": func.coalesce(
-                    insert.excluded.last_success_at, stats.c.last_success_at
+                # The later of the two: a batch written late never moves it backwards.
+                "last_success_at": case(
+                    (insert.excluded.last_success_at.is_(None), stats.c.last_success_at),
+                    (stats.c.last_success_at.is_(None), insert.excluded.last_success_at),
+                    (
+                        insert.excluded.last_success_at > stats.c.last_success_at,
+                        insert.excluded.last_success_at,
+                    ),
+                    else_=stats.c.last_success_at,
                 ),
             },
         )
