@@ -36,8 +36,9 @@ from ._runs import RunRecord
 if TYPE_CHECKING:  # SQLAlchemy is an optional dependency: only persistent stores load it
     from ._aps.history import RunHistory
 
-FLUSH_INTERVAL = 0.1
-"""Seconds between two batches of run records written to the store."""
+FLUSH_INTERVAL = 0.2
+"""Seconds a run record waits for others to share its batch (one transaction) in the store;
+an idle worker writes nothing and does not wake up for it."""
 HEARTBEAT_INTERVAL = 2.0
 """Seconds between two heartbeats of a worker."""
 WORKER_TIMEOUT = LEASE_DURATION
@@ -171,21 +172,29 @@ class RunRecorder:
         self._lock = anyio.Lock()
         self._history: RunHistory | None = None
         self._stop: anyio.Event | None = None
+        self._wake: anyio.Event | None = None
+        """Set when a batch has begun (records are waiting), or to stop."""
         self._failures = 0
 
     # -- the executor's calls (sync, cheap) -----------------------------------------------
 
     def started(self, record: RunRecord, fire_id: str | None) -> None:
+        if not self._pending and self._wake is not None:
+            self._wake.set()  # the first record of a batch wakes the writer
         self._pending[record.seq] = record
         if fire_id is not None:
             self._fire_ids[record.seq] = fire_id
 
     def finished(self, record: RunRecord) -> None:
+        if not self._pending and self._wake is not None:
+            self._wake.set()
         self._pending[record.seq] = record
         self._finished.append(record)
 
     def abandoned(self, record: RunRecord, fire_id: str) -> None:
         """A dead process's run, found by this one: its row is finished (or written)."""
+        if self._wake is not None:
+            self._wake.set()
         self._abandoned.append((fire_id, record))
 
     # -- the writer -----------------------------------------------------------------------
@@ -205,10 +214,17 @@ class RunRecorder:
         clock = anyio.current_time
         next_beat = clock() + HEARTBEAT_INTERVAL
         next_prune = clock() + PRUNE_INTERVAL
+        self._wake = anyio.Event()
         while not stop.is_set():
-            with anyio.move_on_after(FLUSH_INTERVAL):
-                await stop.wait()
-            await self.flush()
+            with anyio.move_on_after(max(0.0, next_beat - clock())):
+                await self._wake.wait()
+            if self._pending or self._abandoned:
+                with anyio.move_on_after(FLUSH_INTERVAL):  # let the batch gather
+                    await stop.wait()
+                self._wake = anyio.Event()  # before the flush: records added during it wake
+                await self.flush()
+            elif self._wake.is_set():
+                self._wake = anyio.Event()  # woken to stop, or by a read's flush
             now = clock()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_INTERVAL
@@ -334,6 +350,8 @@ class RunRecorder:
         """End :meth:`serve` (the drain is over)."""
         if self._stop is not None:
             self._stop.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def close(self) -> None:
         """Write the rest and leave the list of workers (at the end of the drain)."""
@@ -347,7 +365,7 @@ class RunRecorder:
                 await history.leave(self._worker.id, forget)
             except Exception as exc:
                 logger.warning("could not leave the store's list of workers: %s", exc)
-        self._history = None
+        self._history = self._wake = None
 
 
 class ClusterHistory:
@@ -446,9 +464,14 @@ def store_timeout() -> Iterator[None]:
 
 
 def _unreachable(exc: Exception) -> bool:
-    """A connection failure (not a bug in a query)."""
+    """A connection failure (not a bug in a query): also a pooled connection the server
+    closed meanwhile, which SQLAlchemy reports as a plain DBAPIError it has invalidated."""
     if isinstance(exc, OSError):
         return True
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
+    try:
+        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    except ImportError:  # the memory store: SQLAlchemy need not be installed
+        return False
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
     return isinstance(exc, (InterfaceError, OperationalError))
