@@ -125,6 +125,37 @@ class RunHistory:
         self._stats: Table = tables[prefix + STATS_TABLE]
         self._workers: Table = tables[prefix + WORKERS_TABLE]
         self._dialect: Any = postgresql if store._engine.dialect.name == "postgresql" else sqlite
+        # Built once: a batch only binds its rows (no statement construction per write).
+        self._upsert_runs = self._runs_upsert()
+        self._upsert_stats = self._stats_upsert()
+
+    def _runs_upsert(self) -> Any:
+        """A row per attempt, upserted: a row written in progress gets its end later, never
+        the other way round (a batch written late never undoes a newer one)."""
+        runs = self._runs
+        insert = self._dialect.insert(runs)
+        keep_end = {
+            name: func.coalesce(getattr(insert.excluded, name), runs.c[name])
+            for name in ("started_at", "finished_at", "outcome", "error_type", "error_message")
+        }
+        return insert.on_conflict_do_update(
+            index_elements=[runs.c.run_id], set_={**keep_end, "at": insert.excluded.at}
+        )
+
+    def _stats_upsert(self) -> Any:
+        """Counters added to; the later of two last successes kept."""
+        stats = self._stats
+        insert = self._dialect.insert(stats)
+        new, old = insert.excluded.last_success_at, stats.c.last_success_at
+        return insert.on_conflict_do_update(
+            index_elements=[stats.c.job_id],
+            set_={
+                **{name: stats.c[name] + getattr(insert.excluded, name) for name in OUTCOMES},
+                "last_success_at": case(
+                    (new.is_(None), old), (old.is_(None), new), (new > old, new), else_=old
+                ),
+            },
+        )
 
     # -- writes: one transaction per batch ------------------------------------------------
 
@@ -134,49 +165,18 @@ class RunHistory:
         counts: dict[str, dict[str, int]],
         last_success: dict[str, datetime],
     ) -> None:
-        """Record a batch in one transaction: attempts (a row per attempt, upserted: a row
-        written in progress gets its end later, never the other way round) and the counters
-        the finished ones add to."""
-        runs = self._runs
+        """Record a batch in one transaction: its attempts and the counters the finished
+        ones add to."""
         store = self._store
         async with store._begin_transaction() as conn:
             if rows:
-                insert = self._dialect.insert(runs)
-                keep_end = {
-                    name: func.coalesce(getattr(insert.excluded, name), runs.c[name])
-                    for name in (
-                        "started_at", "finished_at", "outcome", "error_type", "error_message"
-                    )
-                }  # fmt: skip
-                upsert = insert.on_conflict_do_update(
-                    index_elements=[runs.c.run_id],
-                    set_={**keep_end, "at": insert.excluded.at},
-                )
-                await store._execute(conn, upsert, [row.values() for row in rows])
+                await store._execute(conn, self._upsert_runs, [row.values() for row in rows])
             if counts:
                 await self._count(conn, counts, last_success)
 
     async def _count(
         self, conn: Any, counts: dict[str, dict[str, int]], last_success: dict[str, datetime]
     ) -> None:
-        stats = self._stats
-        insert = self._dialect.insert(stats)
-        upsert = insert.on_conflict_do_update(
-            index_elements=[stats.c.job_id],
-            set_={
-                **{name: stats.c[name] + getattr(insert.excluded, name) for name in OUTCOMES},
-                # The later of the two: a batch written late never moves it backwards.
-                "last_success_at": case(
-                    (insert.excluded.last_success_at.is_(None), stats.c.last_success_at),
-                    (stats.c.last_success_at.is_(None), insert.excluded.last_success_at),
-                    (
-                        insert.excluded.last_success_at > stats.c.last_success_at,
-                        insert.excluded.last_success_at,
-                    ),
-                    else_=stats.c.last_success_at,
-                ),
-            },
-        )
         params = [
             {
                 "job_id": job_id,
@@ -185,7 +185,7 @@ class RunHistory:
             }
             for job_id, by_outcome in counts.items()
         ]
-        await self._store._execute(conn, upsert, params)
+        await self._store._execute(conn, self._upsert_stats, params)
 
     async def finish_abandoned(self, fire_id: str, row: RunRow) -> None:
         """A dead process's run: finish its in-progress row, or record one if it never got

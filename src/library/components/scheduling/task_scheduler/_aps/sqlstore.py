@@ -165,7 +165,7 @@ class SQLStore(SQLAlchemyDataStore):
         if job.schedule_id is None or job.scheduled_fire_time is None:
             await super().add_job(job)
             return
-        fired, tasks = self._t_fired, self._t_tasks
+        fired, tasks, jobs = self._t_fired, self._t_tasks, self._t_jobs
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
 
         def task_column(column: Any) -> Any:
@@ -182,6 +182,13 @@ class SQLStore(SQLAlchemyDataStore):
             .returning(
                 task_column(tasks.c.running_jobs).label("running"),
                 task_column(tasks.c.max_running_jobs).label("limit"),
+                # Whether this schedule has fires queued unstarted (rare): only then does a
+                # coalescing fire need a statement of its own to supersede them.
+                exists(
+                    select(jobs.c.id).where(
+                        jobs.c.schedule_id == job.schedule_id, jobs.c.acquired_by.is_(None)
+                    )
+                ).label("queued"),
             )
         )
         backlog = job.schedule_id in self._enqueued
@@ -202,7 +209,7 @@ class SQLStore(SQLAlchemyDataStore):
                         running = task.running
                     else:
                         running = None
-                        if job.schedule_id in self._coalescing:
+                        if task.queued and job.schedule_id in self._coalescing:
                             await self._coalesce_queue(conn, job.schedule_id)
                         insert = self._t_jobs.insert().values(**job.marshal(self.serializer))
                         await self._execute(conn, insert)
