@@ -330,6 +330,14 @@ def _router(ns: dict[str, Any], backend: str) -> None:
         assert [job["id"] for job in jobs.json()] == ["daily-backup"], jobs.text
         run = client.post("/scheduler/jobs/daily-backup/run?wait=true", headers={"X-API-Key": key})
         assert run.json()["outcome"] == "success", run.text
+        # The runs and workers routes the table lists, behind the same guard.
+        assert client.get("/scheduler/runs").status_code == 401
+        runs = client.get("/scheduler/runs?outcome=success&limit=20", headers={"X-API-Key": key})
+        assert [r["run_id"] for r in runs.json()] == [run.json()["run_id"]], runs.text
+        (worker,) = client.get("/scheduler/workers", headers={"X-API-Key": key}).json()
+        assert worker["id"] == run.json()["worker"] and worker["state"] == "running"
+        bad = client.get("/scheduler/runs?outcome=failed", headers={"X-API-Key": key})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "outcome"]
 
 
 @check("Programmatic job management")
@@ -347,7 +355,10 @@ def _runs(ns: dict[str, Any], backend: str) -> None:
     info: JobInfo = ns["info"]
     assert ns["run"].outcome is None or ns["run"].outcome is Outcome.success
     assert ns["runs"][-1].outcome is Outcome.success
+    assert ns["errors"] == [] and ns["older"] == []  # no error; nothing before the first run
     assert info.counts.success >= 1 and info.counts.error == 0
+    first = ns["runs"][-1].finished_at  # the run_job awaited; the other may have finished too
+    assert info.last_success_at is not None and info.last_success_at >= first
     assert ns["scheduler"].state == "stopped"
 
 
@@ -393,7 +404,9 @@ def _quiet_one_job(ns: dict[str, Any], backend: str) -> None:
 
 @check("Health and supervision")
 def _health(ns: dict[str, Any], backend: str) -> None:
-    assert ns["status"].state == "running" and ns["status"].engine_restarts == 0
+    status = ns["status"]
+    assert status.state == "running" and status.engine_restarts == 0
+    assert status.workers == 1 and ns["worker"].id == status.worker_id
 
 
 @check("Testing your jobs")

@@ -1,14 +1,20 @@
 """Fuzz the scheduler router's OpenAPI schema with schemathesis: no 500s, every response documented.
 
 schemathesis runs the app's lifespan itself (a shared asyncio loop) and ends it after each
-test, so every operation is fuzzed against a running scheduler whose jobs are put back first.
+test, so every operation is fuzzed against a running scheduler whose jobs are put back first,
+and that has runs to list (``/runs`` with random filters, limits and ``before`` times). The runs
+and workers routes are fuzzed again on a SQLite store, whose history is a database's.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from tempfile import mkdtemp
 from typing import Any
 
 import schemathesis
@@ -18,7 +24,11 @@ from helpers import noop
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from library.components.scheduling.task_scheduler import JobNotFoundError, TaskScheduler
+from library.components.scheduling.task_scheduler import (
+    JobNotFoundError,
+    SchedulerConfig,
+    TaskScheduler,
+)
 from library.components.scheduling.task_scheduler.fastapi import create_scheduler_router
 
 API_KEY = "fuzz-key"
@@ -51,13 +61,15 @@ async def restore_jobs(scheduler: TaskScheduler) -> None:
             await add()
 
 
-def make_app() -> FastAPI:
-    scheduler = TaskScheduler()
+def make_app(config: SchedulerConfig | None = None) -> FastAPI:
+    scheduler = TaskScheduler(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await restore_jobs(scheduler)
         async with scheduler.lifespan(app) as state:
+            for job_id in ("tick", "nightly", "tick"):  # runs for the runs routes to list
+                await scheduler.run_job(job_id)
             yield state
 
     app = FastAPI(lifespan=lifespan)
@@ -65,23 +77,53 @@ def make_app() -> FastAPI:
     return app
 
 
-app = make_app()
-schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-schema.config.update(headers={"X-API-Key": API_KEY})
-# FastAPI ignores unknown query parameters, as most web frameworks do: not a defect.
-schema.config.generation.update(allow_extra_parameters=False)
+def make_schema(app: FastAPI) -> Any:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    schema.config.update(headers={"X-API-Key": API_KEY})
+    # FastAPI ignores unknown query parameters, as most web frameworks do: not a defect.
+    schema.config.generation.update(allow_extra_parameters=False)
+    return schema
 
 
-@schema.parametrize()
-@schema.given(known_id=st.sampled_from(JOB_IDS), use_known=st.booleans())
-@settings(
+FUZZ = settings(
     max_examples=40,
     deadline=None,
     database=None,  # no saved examples replayed: every run stays bounded
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_api(case: schemathesis.Case[Any], known_id: str, use_known: bool) -> None:
-    # Random ids are nearly always unknown; half the examples address a real job instead.
-    if use_known and case.path_parameters and "job_id" in case.path_parameters:
-        case.path_parameters["job_id"] = known_id
+
+
+def call(case: schemathesis.Case[Any], known_id: str, use_known: bool) -> None:
+    # Random ids are nearly always unknown; half the examples address a real job instead,
+    # in the path (/jobs/{job_id}/...) or in the query (/runs?job_id=).
+    if use_known:
+        if case.path_parameters and "job_id" in case.path_parameters:
+            case.path_parameters["job_id"] = known_id
+        if case.query and "job_id" in case.query:
+            case.query["job_id"] = known_id
     case.call_and_validate()
+
+
+schema = make_schema(make_app())
+
+
+@schema.parametrize()
+@schema.given(known_id=st.sampled_from(JOB_IDS), use_known=st.booleans())
+@FUZZ
+def test_api(case: schemathesis.Case[Any], known_id: str, use_known: bool) -> None:
+    call(case, known_id, use_known)
+
+
+# The store file lives as long as this process: schemathesis starts the app once per operation.
+SQLITE_DIR = Path(mkdtemp(prefix="task-scheduler-fuzz-"))
+atexit.register(shutil.rmtree, SQLITE_DIR, ignore_errors=True)
+sqlite_schema = make_schema(make_app(SchedulerConfig(store=f"sqlite:///{SQLITE_DIR / 'jobs.db'}")))
+
+
+@sqlite_schema.include(path_regex=r"/runs$|/workers$").parametrize()
+@sqlite_schema.given(known_id=st.sampled_from(JOB_IDS), use_known=st.booleans())
+@FUZZ
+def test_runs_and_workers_on_sqlite(
+    case: schemathesis.Case[Any], known_id: str, use_known: bool
+) -> None:
+    call(case, known_id, use_known)

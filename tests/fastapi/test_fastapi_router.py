@@ -6,10 +6,11 @@ Every test that serves requests runs on asyncio and on trio (``TestClient(backen
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote, unquote
 
@@ -25,6 +26,7 @@ from library.components.scheduling.task_scheduler import (
     SchedulerConfig,
     SchedulerState,
     SchedulerStatus,
+    StoreUnavailableError,
     TaskScheduler,
 )
 from library.components.scheduling.task_scheduler._jobs import is_valid_job_id
@@ -357,11 +359,154 @@ def test_runs_newest_first_with_limit(client: TestClient) -> None:
     assert client.get("/scheduler/jobs/nope/runs").status_code == 404
 
 
+def run_now(client: TestClient, job_id: str) -> dict[str, Any]:
+    run: dict[str, Any] = client.post(f"/scheduler/jobs/{job_id}/run?wait=true").json()
+    return run
+
+
+def run_ids(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [run["run_id"] for run in response.json()]
+
+
+def test_all_runs_newest_first_across_jobs(client: TestClient) -> None:
+    done = [run_now(client, job_id) for job_id in ("tick", "failing", "tick", "nightly")]
+    runs = client.get("/scheduler/runs").json()
+    assert [run["run_id"] for run in runs] == [run["run_id"] for run in done[::-1]]
+    assert [run["job_id"] for run in runs] == ["nightly", "tick", "failing", "tick"]
+    worker = client.get("/scheduler/status").json()["worker_id"]
+    assert {run["worker"] for run in runs} == {worker}
+    assert run_ids(client.get("/scheduler/runs", params={"limit": 1})) == [done[-1]["run_id"]]
+
+
+def test_runs_filter_by_job_and_outcome(client: TestClient) -> None:
+    ticks = [run_now(client, "tick")["run_id"] for _ in range(2)]
+    failed = run_now(client, "failing")
+    assert run_ids(client.get("/scheduler/runs", params={"job_id": "tick"})) == ticks[::-1]
+    errors = client.get("/scheduler/runs", params={"outcome": "error"}).json()
+    assert [(run["job_id"], run["error_message"]) for run in errors] == [("failing", "boom")]
+    success = client.get("/scheduler/runs", params={"outcome": "success"})
+    assert run_ids(success) == ticks[::-1]
+    # The same filters on one job's runs.
+    assert run_ids(client.get("/scheduler/jobs/failing/runs?outcome=error")) == [failed["run_id"]]
+    assert client.get("/scheduler/jobs/failing/runs?outcome=success").json() == []
+    assert client.get("/scheduler/runs?job_id=nightly").json() == []
+
+
+def test_runs_of_an_unknown_job_is_a_404_with_suggestions(client: TestClient) -> None:
+    response = client.get("/scheduler/runs", params={"job_id": "nightyl"})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no job with id 'nightyl'; did you mean 'nightly'?"}
+
+
+def follow_pages(client: TestClient, url: str) -> list[list[str]]:
+    """Every page's run ids, following the `Link: rel="next"` headers to the end."""
+    pages = []
+    response = client.get(url)
+    while True:
+        pages.append(run_ids(response))
+        if "next" not in response.links:
+            return pages
+        response = client.get(response.url.join(response.links["next"]["url"]))
+
+
+@pytest.mark.parametrize("route", ["/scheduler/runs", "/scheduler/jobs/tick/runs"])
+def test_runs_page_by_page(client: TestClient, route: str) -> None:
+    done = [run_now(client, "tick")["run_id"] for _ in range(5)]
+    pages = follow_pages(client, f"{route}?limit=2&outcome=success")
+    assert pages == [done[:2:-1], done[2:0:-1], done[:1]]  # no Link under a part-full page
+    # By hand: before= the last run's started_at, in the scheduler's timezone as listed.
+    first = client.get(route, params={"limit": 2}).json()
+    rest = client.get(route, params={"before": first[-1]["started_at"]})
+    assert run_ids(rest) == done[2::-1]
+    assert client.get(route, params={"before": "2000-01-01T00:00:00Z"}).json() == []
+
+
+def test_naive_before_is_read_in_the_schedulers_timezone(backend: Backend) -> None:
+    scheduler = make_scheduler(timezone="Asia/Tokyo")  # UTC+9, no DST
+    with TestClient(make_app(scheduler), backend=backend) as client:
+        run = run_now(client, "tick")
+        started = datetime.fromisoformat(run["started_at"])
+        assert started.utcoffset() == timedelta(hours=9)
+        wall_clock = started.replace(tzinfo=None)  # Tokyo's wall clock, no offset
+        after = (wall_clock + timedelta(seconds=1)).isoformat()
+        before = (wall_clock - timedelta(seconds=1)).isoformat()
+        # Read as UTC, both would be 9 hours later than the run: it would be in both.
+        assert run_ids(client.get("/scheduler/runs", params={"before": after})) == [run["run_id"]]
+        assert client.get("/scheduler/runs", params={"before": before}).json() == []
+
+
+RUNS_ROUTES = ["/scheduler/runs", "/scheduler/jobs/tick/runs"]
+
+
+@pytest.mark.parametrize("route", RUNS_ROUTES)
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=-5", "limit=two"])
-def test_runs_limit_out_of_range(client: TestClient, query: str) -> None:
-    response = client.get(f"/scheduler/jobs/tick/runs?{query}")
+def test_runs_limit_out_of_range(client: TestClient, route: str, query: str) -> None:
+    response = client.get(f"{route}?{query}")
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["query", "limit"]
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "limit"]
+
+
+@pytest.mark.parametrize("route", RUNS_ROUTES)
+def test_runs_unknown_outcome_names_the_valid_ones(client: TestClient, route: str) -> None:
+    response = client.get(route, params={"outcome": "failed"})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "outcome"] and error["input"] == "failed"
+    valid = "'success', 'error', 'timed_out', 'cancelled', 'skipped', 'missed' or 'abandoned'"
+    assert error["msg"] == f"Input should be {valid}"
+
+
+@pytest.mark.parametrize("route", RUNS_ROUTES)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "yesterday",
+        "2026-13-01T00:00:00",
+        "2026-05-01T12:00:00 02:00",  # an unencoded '+' arrives as a space
+        "1767225600",  # pydantic alone would read a number as a Unix timestamp
+        "1.5e3",
+    ],
+)
+def test_runs_before_must_be_an_iso_datetime(client: TestClient, route: str, value: str) -> None:
+    response = client.get(route, params={"before": value})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "before"] and error["input"] == value
+    assert error["msg"].startswith("Input should be a valid datetime") or error["msg"] == (
+        "Value error, expected an ISO 8601 datetime such as 2026-05-01T12:00:00+02:00, not a number"
+    )
+
+
+def test_runs_accept_a_date_or_an_offset(client: TestClient) -> None:
+    run_now(client, "tick")
+    for value in ("2999-01-01", "2999-01-01T00:00:00+02:00", "2999-01-01T00:00:00Z"):
+        response = client.get("/scheduler/runs", params={"before": value})
+        assert len(run_ids(response)) == 1, value
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+def test_workers_on_memory_is_this_process(client: TestClient) -> None:
+    status = client.get("/scheduler/status").json()
+    (worker,) = client.get("/scheduler/workers").json()
+    assert worker["id"] == status["worker_id"] and status["workers"] == 1
+    assert worker["pid"] == os.getpid() and worker["id"].split(":")[:2] == [
+        worker["host"],
+        str(os.getpid()),
+    ]
+    assert worker["state"] == "running" and worker["runs_in_progress"] == 0
+    assert worker["started_at"] == status["started_at"]
+
+
+def test_workers_of_a_stopped_scheduler_is_empty(backend: Backend) -> None:
+    scheduler = make_scheduler()  # explicit and never started
+    with TestClient(make_app(scheduler, lifespan=False, explicit=True), backend=backend) as client:
+        response = client.get("/scheduler/workers")
+    assert response.status_code == 200
+    assert response.json() == []
 
 
 def test_preview(client: TestClient) -> None:
@@ -476,6 +621,8 @@ GUARDED_ROUTES = [
     ("POST", "/scheduler/jobs/tick/run", 202),
     ("GET", "/scheduler/jobs/tick/runs", 200),
     ("GET", "/scheduler/jobs/tick/preview", 200),
+    ("GET", "/scheduler/runs", 200),
+    ("GET", "/scheduler/workers", 200),
     ("GET", "/scheduler/status", 200),
     ("DELETE", "/scheduler/jobs/tick", 204),  # last: it removes the job
 ]
@@ -607,6 +754,87 @@ def test_no_scheduler_still_checks_credentials_first(backend: Backend) -> None:
         assert client.get("/scheduler/jobs", headers=GOOD).status_code == 503
 
 
+SCHEDULER_CALLS = [
+    "get_jobs",
+    "get_job",
+    "pause_job",
+    "resume_job",
+    "run_job",
+    "remove_job",
+    "get_runs",
+    "preview",
+    "get_status",
+    "get_workers",
+]
+
+
+def store_goes_away(
+    scheduler: TaskScheduler, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """Every call of the scheduler's public API raises ``error``, as it does when its store
+    does not answer (tests/fastapi/test_fastapi_store.py takes a real PostgreSQL away)."""
+
+    async def unavailable(*args: object, **kwargs: object) -> None:
+        raise error
+
+    for name in SCHEDULER_CALLS:
+        monkeypatch.setattr(scheduler, name, unavailable)
+
+
+def test_every_route_answers_503_when_the_store_is_unavailable(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = make_scheduler()
+    app = make_app(scheduler, dependencies=GUARD)
+    routed = {
+        (method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item
+    }
+    assert routed == {(m, p.replace("tick", "{job_id}")) for m, p in ALL_ROUTES}
+    with TestClient(app, backend=backend) as client:
+        store_goes_away(
+            scheduler, monkeypatch, StoreUnavailableError("the store did not answer within 5.0 s")
+        )
+        for method, path in ALL_ROUTES:
+            response = client.request(method, path, headers=GOOD)
+            assert response.status_code == 503, (method, path, response.text)
+            if path == "/scheduler/health":  # unguarded: no reason given
+                assert response.json() == {"detail": "the scheduler's store is unavailable"}
+                assert response.headers["cache-control"] == "no-store"
+            else:
+                assert response.json() == {
+                    "detail": "the scheduler's store is unavailable: "
+                    "the store did not answer within 5.0 s"
+                }, (method, path)
+        # The guard still comes first.
+        assert client.get("/scheduler/runs").status_code == 401
+
+
+def test_the_503_detail_gives_the_cause_without_the_sql(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = make_scheduler()
+    with TestClient(make_app(scheduler), backend=backend) as client:
+        cause = ConnectionRefusedError(111, "Connect call failed ('10.0.0.7', 5432)")
+        error = StoreUnavailableError(f"the store is unavailable: {cause}")
+        error.__cause__ = cause
+        store_goes_away(scheduler, monkeypatch, error)
+        expected = "the scheduler's store is unavailable: [Errno 111] Connect call failed"
+        assert client.get("/scheduler/runs").json()["detail"].startswith(expected)
+        # A connection the store's driver lost under a write: a ConnectionError too.
+        lost = ConnectionResetError(104, "Connection reset by peer")
+        store_goes_away(scheduler, monkeypatch, lost)
+        response = client.post("/scheduler/jobs/tick/pause")
+        assert response.status_code == 503
+        assert response.json() == {
+            "detail": "the scheduler's store is unavailable: [Errno 104] Connection reset by peer"
+        }
+        multi_line = StoreUnavailableError("the store is unavailable: connection closed")
+        multi_line.__cause__ = RuntimeError("connection closed\n[SQL: SELECT secret_table]")
+        store_goes_away(scheduler, monkeypatch, multi_line)
+        detail = client.get("/scheduler/jobs").json()["detail"]
+        assert detail == "the scheduler's store is unavailable: connection closed"
+
+
 def test_explicit_scheduler_must_be_a_task_scheduler() -> None:
     bad: Callable[..., Any] = create_scheduler_router
     with pytest.raises(TypeError, match="must be a TaskScheduler"):
@@ -646,6 +874,11 @@ OPERATIONS = {
         "scheduler_preview_job",
         {"200", "401", "403", "404", "422", "503"},
     ),
+    ("get", "/scheduler/runs"): (
+        "scheduler_list_all_runs",
+        {"200", "401", "403", "404", "422", "503"},
+    ),
+    ("get", "/scheduler/workers"): ("scheduler_list_workers", {"200", "401", "403", "503"}),
     ("get", "/scheduler/status"): ("scheduler_status", {"200", "401", "403", "503"}),
     ("get", "/scheduler/health"): ("scheduler_health", {"200", "503"}),
 }
@@ -664,6 +897,37 @@ def test_openapi_operation_ids_and_documented_status_codes() -> None:
     assert models["Health"]["properties"]["status"]["enum"] == ["ok", "failing"]
     assert "security" not in schema["paths"]["/scheduler/health"]["get"]
     assert "security" in schema["paths"]["/scheduler/jobs"]["get"]
+    assert "security" in schema["paths"]["/scheduler/runs"]["get"]
+    assert "security" in schema["paths"]["/scheduler/workers"]["get"]
+
+
+def test_openapi_documents_the_runs_and_workers_models() -> None:
+    schema = make_app(None, dependencies=GUARD).openapi()
+    ref = "#/components/schemas/"
+    for path, model in [
+        ("/scheduler/runs", "RunInfo"),
+        ("/scheduler/jobs/{job_id}/runs", "RunInfo"),
+        ("/scheduler/workers", "WorkerInfo"),
+    ]:
+        ok = schema["paths"][path]["get"]["responses"]["200"]
+        assert ok["content"]["application/json"]["schema"]["items"]["$ref"] == ref + model
+    runs = schema["paths"]["/scheduler/runs"]["get"]
+    assert "Link" in runs["responses"]["200"]["headers"]
+    params = {param["name"]: param for param in runs["parameters"]}
+    assert set(params) == {"job_id", "outcome", "limit", "before"}
+    assert params["limit"]["schema"]["maximum"] == 1000
+    assert params["before"]["schema"]["anyOf"][0]["format"] == "date-time"
+    outcome = schema["components"]["schemas"]["Outcome"]["enum"]
+    assert outcome == [
+        "success",
+        "error",
+        "timed_out",
+        "cancelled",
+        "skipped",
+        "missed",
+        "abandoned",
+    ]
+    assert "unavailable" in runs["responses"]["503"]["description"]
 
 
 def test_openapi_without_guards_documents_no_401() -> None:

@@ -12,25 +12,29 @@ Nothing is mounted unless you include the router. ``dependencies`` guard every r
 ``GET {prefix}/health``: probes carry no credentials, so health tells only ok/failing and
 how many jobs are stale; the details are under ``GET {prefix}/status``.
 
+On a persistent store the runs, counts and workers these routes report are the cluster's, read
+from the store's database: a store that does not answer (within 5 s) is a 503, not a 500.
+
 Every route gets its scheduler from the :func:`get_scheduler` dependency, so tests can
 swap it with ``app.dependency_overrides[get_scheduler] = lambda: other``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
 from ._errors import InvalidTypeError, JobNotFoundError, SchedulerStateError
-from ._models import JobInfo, Outcome, RunInfo, SchedulerStatus
+from ._models import JobInfo, Outcome, RunInfo, SchedulerStatus, WorkerInfo
 from ._scheduler import TaskScheduler
 
 __all__ = [
@@ -48,6 +52,8 @@ NO_SCHEDULER = (
     "no task scheduler is configured: pass one to create_scheduler_router(), use "
     "FastAPI(lifespan=scheduler.lifespan), or set app.state.task_scheduler"
 )
+STORE_UNAVAILABLE = "the scheduler's store is unavailable"
+"""The 503 detail when the store does not answer (health says only this: it is unguarded)."""
 
 
 class ErrorDetail(BaseModel):
@@ -71,7 +77,7 @@ class Health(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     status: Literal["ok", "failing"] = Field(
-        description='"ok" while the engine runs and no job is stale, else "failing".'
+        description='"ok" while this process\'s engine runs and no job is stale, else "failing".'
     )
     stale_jobs: int = Field(
         ge=0, description="Jobs that have not succeeded within their max_staleness."
@@ -97,15 +103,54 @@ async def get_scheduler(connection: HTTPConnection) -> TaskScheduler:
     raise HTTPException(status_code=503, detail=NO_SCHEDULER)
 
 
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def _iso_8601(value: object) -> object:
+    """Only ISO 8601 text is a time here (pydantic would read a number as a Unix timestamp)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        raise ValueError(
+            "expected an ISO 8601 datetime such as 2026-05-01T12:00:00+02:00, not a number"
+        )
+    return value
+
+
 SchedulerDep = Annotated[TaskScheduler, Depends(get_scheduler)]
 JobId = Annotated[str, Path(description="The job's id.")]
+RunLimit = Annotated[int, Query(ge=1, le=1000, description="At most this many runs (1-1000).")]
+RunOutcome = Annotated[
+    Outcome | None,
+    Query(description="Only runs that ended with this outcome (runs in progress have none)."),
+]
+RunsBefore = Annotated[
+    datetime | None,
+    BeforeValidator(_iso_8601),
+    Query(
+        description="Only runs that started before this time (a run that never started: that "
+        "finished, or was due, before it). ISO 8601, e.g. `2026-05-01T12:00:00+02:00` (a `+` "
+        "URL-encoded as `%2B`); without an offset it is read in the scheduler's timezone. "
+        'The next page: the `Link: rel="next"` header, or the last run\'s `started_at` '
+        "(else `finished_at`)."
+    ),
+]
 
 _ERRORS: dict[int, str] = {
     401: "No credentials (from the router's `dependencies`).",
     403: "Credentials refused (by the router's `dependencies`).",
     404: "No job has this id; the detail names it, and any ids close to it.",
     409: "The job is at its max_instances limit, or the scheduler is not running.",
-    503: "No scheduler is configured.",
+    503: "No scheduler is configured; or the scheduler's store is unavailable (it refused the "
+    "connection, or did not answer within 5 s): the detail says which.",
+}
+_NEXT_PAGE = {
+    "description": "The runs, newest first.",
+    "headers": {
+        "Link": {
+            "description": 'When the page is full: `<?...&before=...>; rel="next"`, the next '
+            "page's query (a reference relative to this request's URL).",
+            "schema": {"type": "string"},
+        }
+    },
 }
 
 
@@ -116,15 +161,40 @@ def _responses(*codes: int, guarded: bool = True) -> dict[int | str, dict[str, A
 
 
 @contextmanager
-def _job_lookup() -> Iterator[None]:
-    """Answer a :class:`JobNotFoundError` with the 404 the ``/jobs/{job_id}`` routes document.
+def _answers() -> Iterator[None]:
+    """Answer the scheduler's errors as the routes document them: an unknown job 404, a store
+    that does not answer 503 (its reason in the detail).
 
-    Per route, not an app exception handler: the router must not change the user's other routes.
+    ``ConnectionError``: :class:`StoreUnavailableError` (a call on the store that timed out or
+    could not connect), or any other connection lost on the way. Per route, not an app
+    exception handler: the router must not change the user's other routes.
     """
     try:
         yield
     except JobNotFoundError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
+    except ConnectionError as exc:
+        raise HTTPException(status_code=503, detail=_unavailable(exc)) from None
+
+
+def _unavailable(exc: ConnectionError) -> str:
+    """The 503 detail: the store is unavailable, and why (first line: no SQL statements)."""
+    reason = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    first_line = next(iter(str(reason).splitlines()), "") or type(reason).__name__
+    return f"{STORE_UNAVAILABLE}: {first_line}"
+
+
+def _page(runs: list[RunInfo], limit: int, request: Request, response: Response) -> list[RunInfo]:
+    """A full page links to the next one: the same query, ``before`` the last run's time.
+
+    The link is relative (``<?query>``): right behind any proxy or mount that changes the path.
+    """
+    if len(runs) == limit:
+        last = runs[-1]
+        cursor = last.started_at or last.finished_at or last.scheduled_at
+        query = request.url.include_query_params(before=cursor.isoformat()).query
+        response.headers["Link"] = f'<?{query}>; rel="next"'
+    return runs
 
 
 def create_scheduler_router(
@@ -134,7 +204,8 @@ def create_scheduler_router(
     dependencies: Sequence[DependsParam] | None = None,
     tags: Sequence[str] = ("scheduler",),
 ) -> APIRouter:
-    """Routes to list, inspect, pause, resume, run and remove jobs, and to check health.
+    """Routes to list, inspect, pause, resume, run and remove jobs, list runs and workers,
+    and to check health.
 
     ``scheduler`` defaults to the one :func:`get_scheduler` finds per request.
     ``dependencies`` (e.g. an API-key check) guard every route except ``{prefix}/health``;
@@ -171,7 +242,8 @@ def create_scheduler_router(
             str | None, Query(description="Only jobs whose name contains this (any case).")
         ] = None,
     ) -> list[JobInfo]:
-        jobs = await scheduler.get_jobs()
+        with _answers():
+            jobs = await scheduler.get_jobs()
         if paused is not None:
             jobs = [job for job in jobs if job.paused == paused]
         if name is not None:
@@ -188,7 +260,7 @@ def create_scheduler_router(
         responses=_responses(404, 503, guarded=is_guarded),
     )
     async def get_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
-        with _job_lookup():
+        with _answers():
             return await scheduler.get_job(job_id)
 
     @router.post(
@@ -200,7 +272,7 @@ def create_scheduler_router(
         responses=_responses(404, 503, guarded=is_guarded),
     )
     async def pause_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
-        with _job_lookup():
+        with _answers():
             return await scheduler.pause_job(job_id)
 
     @router.post(
@@ -212,7 +284,7 @@ def create_scheduler_router(
         responses=_responses(404, 503, guarded=is_guarded),
     )
     async def resume_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
-        with _job_lookup():
+        with _answers():
             return await scheduler.resume_job(job_id)
 
     @router.post(
@@ -235,7 +307,7 @@ def create_scheduler_router(
             bool, Query(description="Wait for the run to finish and return it (200).")
         ] = False,
     ) -> RunAccepted | Response:
-        with _job_lookup():
+        with _answers():
             try:
                 run = await scheduler.run_job(job_id, wait=wait)
             except SchedulerStateError as exc:
@@ -261,24 +333,53 @@ def create_scheduler_router(
         responses=_responses(404, 503, guarded=is_guarded),
     )
     async def remove_job(job_id: JobId, scheduler: SchedulerDep) -> None:
-        with _job_lookup():
+        with _answers():
             await scheduler.remove_job(job_id)
+
+    @router.get(
+        "/runs",
+        response_model=list[RunInfo],
+        operation_id="scheduler_list_all_runs",
+        summary="Runs of every job (or of one), newest first, runs in progress included",
+        description="On a persistent store: every worker's runs (`worker` names the process), "
+        "kept across restarts (`history_size` per job, `history_max_age`).",
+        dependencies=guarded,
+        responses={200: _NEXT_PAGE, **_responses(404, 503, guarded=is_guarded)},
+    )
+    async def list_all_runs(
+        request: Request,
+        response: Response,
+        scheduler: SchedulerDep,
+        job_id: Annotated[str | None, Query(description="Only this job's runs.")] = None,
+        outcome: RunOutcome = None,
+        limit: RunLimit = 20,
+        before: RunsBefore = None,
+    ) -> list[RunInfo]:
+        with _answers():
+            runs = await scheduler.get_runs(job_id, limit, outcome=outcome, before=before)
+        return _page(runs, limit, request, response)
 
     @router.get(
         "/jobs/{job_id}/runs",
         response_model=list[RunInfo],
         operation_id="scheduler_list_runs",
         summary="Recent runs of a job, newest first (runs in progress included)",
+        description="On a persistent store: every worker's runs of the job.",
         dependencies=guarded,
-        responses=_responses(404, 503, guarded=is_guarded),
+        responses={200: _NEXT_PAGE, **_responses(404, 503, guarded=is_guarded)},
     )
     async def list_runs(
         job_id: JobId,
+        request: Request,
+        response: Response,
         scheduler: SchedulerDep,
-        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many runs.")] = 20,
+        outcome: RunOutcome = None,
+        limit: RunLimit = 20,
+        before: RunsBefore = None,
     ) -> list[RunInfo]:
-        with _job_lookup():
-            return await scheduler.get_runs(job_id, limit=limit)
+        with _answers():
+            runs = await scheduler.get_runs(job_id, limit, outcome=outcome, before=before)
+        return _page(runs, limit, request, response)
 
     @router.get(
         "/jobs/{job_id}/preview",
@@ -295,7 +396,7 @@ def create_scheduler_router(
         scheduler: SchedulerDep,
         count: Annotated[int, Query(ge=1, le=1000, description="How many fire times.")] = 10,
     ) -> list[datetime]:
-        with _job_lookup():
+        with _answers():
             return await scheduler.preview(job_id, count)
 
     @router.get(
@@ -307,24 +408,49 @@ def create_scheduler_router(
         responses=_responses(503, guarded=is_guarded),
     )
     async def get_status(scheduler: SchedulerDep) -> SchedulerStatus:
-        return await scheduler.get_status()
+        with _answers():
+            return await scheduler.get_status()
+
+    @router.get(
+        "/workers",
+        response_model=list[WorkerInfo],
+        operation_id="scheduler_list_workers",
+        summary="The live workers sharing the store, oldest first",
+        description="Every process running jobs from this store, as its heartbeat (every 2 s) "
+        "last told; on memory:// this process alone, while it runs. A stopped worker leaves "
+        "at once, a killed one within about 12 s.",
+        dependencies=guarded,
+        responses=_responses(503, guarded=is_guarded),
+    )
+    async def list_workers(scheduler: SchedulerDep) -> list[WorkerInfo]:
+        with _answers():
+            return await scheduler.get_workers()
 
     @router.get(
         "/health",
         response_model=Health,
         operation_id="scheduler_health",
         summary="200 while the engine runs and no job is stale, else 503",
+        description="Stale: a job with `max_staleness` that has not succeeded within it, on any "
+        "worker. A store that does not answer is a 503 with only a `detail` (no reason: the "
+        "route is unguarded).",
         dependencies=bind,  # never the guards: probes carry no credentials
         responses={
             503: {
                 "model": Health | ErrorDetail,
-                "description": "The engine is not running, or a job is stale; or no scheduler "
-                "is configured.",
+                "description": "This process's engine is not running, or a job is stale "
+                "(`Health`); or the store is unavailable, or no scheduler is configured "
+                "(`ErrorDetail`).",
             }
         },
     )
     async def health(scheduler: SchedulerDep, response: Response) -> Health:
-        status = await scheduler.get_status()
+        try:
+            status = await scheduler.get_status()
+        except ConnectionError:
+            raise HTTPException(
+                status_code=503, detail=STORE_UNAVAILABLE, headers={"Cache-Control": "no-store"}
+            ) from None
         ok = status.state == "running" and not status.stale_jobs
         response.status_code = 200 if ok else 503
         response.headers["Cache-Control"] = "no-store"
