@@ -31,8 +31,7 @@ LIFETIME = 150  # seconds: every process stops by itself after this, even if the
 START_WITHIN = 60  # seconds for a process to serve a running scheduler, on a busy machine
 GONE_WITHIN = 25  # seconds: a killed worker leaves the list within 10 s + a heartbeat (~12 s)
 PREFIX = "/scheduler"
-# Interim routes of workers/cluster_app.py, until the router has GET /runs and GET /workers.
-RUNS, WORKERS_ROUTE = "/probe/runs", "/probe/workers"
+RUNS, WORKERS_ROUTE = "/runs", "/workers"  # the router's
 
 T = TypeVar("T")
 
@@ -104,8 +103,7 @@ class Cluster:
         return status if status.get("state") == "running" else None
 
     def get(self, worker: Worker, path: str, **params: Any) -> Any:
-        url = path if path.startswith("/probe/") else f"{PREFIX}{path}"
-        response = self.client.get(f"{worker.base}{url}", params=params)
+        response = self.client.get(f"{worker.base}{PREFIX}{path}", params=params)
         assert response.status_code == 200, (path, response.status_code, response.text)
         return response.json()
 

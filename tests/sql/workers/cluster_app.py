@@ -24,14 +24,3 @@ async def tick() -> None:
 
 app = FastAPI(lifespan=scheduler.lifespan)
 app.include_router(create_scheduler_router())
-
-
-# Interim, until the router has GET /scheduler/runs and GET /scheduler/workers.
-@app.get("/probe/runs")
-async def probe_runs(job_id: str | None = None, limit: int = 20) -> list[dict[str, object]]:
-    return [run.model_dump(mode="json") for run in await scheduler.get_runs(job_id, limit)]
-
-
-@app.get("/probe/workers")
-async def probe_workers() -> list[dict[str, object]]:
-    return [worker.model_dump(mode="json") for worker in await scheduler.get_workers()]
