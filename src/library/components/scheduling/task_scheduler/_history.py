@@ -31,7 +31,7 @@ from ._errors import StoreUnavailableError
 from ._log import logger
 from ._models import Outcome, RunCounts, RunInfo, WorkerInfo, WorkerState
 from ._registry import JobRegistry, JobRuntime
-from ._runs import RunRecord
+from ._runs import RunRecord, run_info
 
 if TYPE_CHECKING:  # SQLAlchemy is an optional dependency: only persistent stores load it
     from ._aps.history import RunHistory
@@ -380,18 +380,14 @@ class ClusterHistory:
         await self._recorder.flush()  # this process's own runs are in the answer
 
     def _info(self, row: RunRow) -> RunInfo:
-        tz = self._tz
-        started, finished = row.started_at, row.finished_at
-        return RunInfo.model_construct(
+        return run_info(
+            self._tz,
             run_id=row.run_id,
             job_id=row.job_id,
             attempt=row.attempt,
-            scheduled_at=row.scheduled_at.astimezone(tz),
-            started_at=None if started is None else started.astimezone(tz),
-            finished_at=None if finished is None else finished.astimezone(tz),
-            duration=None
-            if started is None or finished is None
-            else (finished - started).total_seconds(),
+            scheduled_at=row.scheduled_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
             outcome=None if row.outcome is None else Outcome(row.outcome),
             error_type=row.error_type,
             error_message=row.error_message,

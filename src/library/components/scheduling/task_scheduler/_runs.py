@@ -73,20 +73,52 @@ class RunRecord:
         return (finished - started).total_seconds()
 
     def info(self, tz: ZoneInfo, worker: str | None = None) -> RunInfo:
-        started, finished = self.started_at, self.finished_at
-        return RunInfo.model_construct(
+        return run_info(
+            tz,
             run_id=self.run_id,
             job_id=self.job_id,
             attempt=self.attempt,
-            scheduled_at=self.scheduled_at.astimezone(tz),
-            started_at=None if started is None else started.astimezone(tz),
-            finished_at=None if finished is None else finished.astimezone(tz),
-            duration=self.duration,
+            scheduled_at=self.scheduled_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
             outcome=self.outcome,
             error_type=self.error_type,
             error_message=self.error_message,
             worker=worker,
         )
+
+
+def run_info(
+    tz: ZoneInfo,
+    *,
+    run_id: str,
+    job_id: str,
+    attempt: int,
+    scheduled_at: datetime,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    outcome: Outcome | None,
+    error_type: str | None,
+    error_message: str | None,
+    worker: str | None,
+) -> RunInfo:
+    """The public model of one attempt, its times in ``tz`` (from memory or from the store)."""
+    duration = None
+    if started_at is not None and finished_at is not None:
+        duration = (finished_at - started_at).total_seconds()
+    return RunInfo.model_construct(
+        run_id=run_id,
+        job_id=job_id,
+        attempt=attempt,
+        scheduled_at=scheduled_at.astimezone(tz),
+        started_at=None if started_at is None else started_at.astimezone(tz),
+        finished_at=None if finished_at is None else finished_at.astimezone(tz),
+        duration=duration,
+        outcome=outcome,
+        error_type=error_type,
+        error_message=error_message,
+        worker=worker,
+    )
 
 
 def run_counts(counts: list[int] | tuple[int, ...]) -> RunCounts:
