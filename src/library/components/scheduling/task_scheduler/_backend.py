@@ -48,6 +48,7 @@ from ._jobs import JobSpec
 from ._log import logger
 from ._reconcile import (
     as_metadata,
+    namespace_of,
     check_storable,
     plan,
     spec_from_definition,
@@ -312,6 +313,7 @@ class SQLBackend(_EngineBackend):
         super().__init__(config, registry)
         self._store = store
         self._serializer = SafeJSONSerializer()
+        self._namespace = config.namespace
         self._data_store: SQLStore | None = None
         """The store of the current run (its drain calls)."""
         self.recorder: RunRecorder | None = RunRecorder(
@@ -370,7 +372,7 @@ class SQLBackend(_EngineBackend):
         return spec.id
 
     def _metadata(self, spec: JobSpec) -> dict[str, Any]:
-        return dict(as_metadata(spec))  # the definition travels with the schedule
+        return dict(as_metadata(spec, self._namespace))  # the definition travels with it
 
     async def install_all(self, engine: AsyncScheduler) -> None:
         """Reconcile the declared jobs with the store, and adopt the jobs added at run time."""
@@ -378,7 +380,7 @@ class SQLBackend(_EngineBackend):
         specs = {spec.id: spec for spec in registry.specs()}
         for spec in specs.values():
             check_storable(spec, self._serializer, resolve=True)
-        todo = plan(specs, list(await engine.get_schedules()))
+        todo = plan(specs, list(await engine.get_schedules()), self._namespace)
         for spec in todo.create:
             # do_nothing: several processes starting at once each try to create it.
             await self._schedule(
@@ -401,7 +403,11 @@ class SQLBackend(_EngineBackend):
         for job_id in todo.remove:
             await engine.remove_schedule(job_id)
             await self._remove_task(engine, job_id)
-            logger.info("job %r is no longer declared: removed from the store", job_id)
+            logger.warning(
+                "job %r is no longer declared in namespace %r: removed from the store",
+                job_id,
+                self._namespace,
+            )
         for job_id, data, schedule in todo.adopt:
             runtime_or_none = self._load(job_id, data, paused=schedule.paused)
             if runtime_or_none is not None:
@@ -421,6 +427,8 @@ class SQLBackend(_EngineBackend):
         data = stored_definition(job)
         if data is None or job.task_id in self._registry:
             return None
+        if namespace_of(data) != self._namespace:
+            return None  # another app's job, on a store both share
         return self._load(job.task_id, data, paused=False)
 
     async def _remove(self, engine: AsyncScheduler, job_id: str) -> None:
