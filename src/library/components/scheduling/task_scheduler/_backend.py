@@ -48,8 +48,8 @@ from ._jobs import JobSpec
 from ._log import logger
 from ._reconcile import (
     as_metadata,
-    namespace_of,
     check_storable,
+    namespace_of,
     plan,
     spec_from_definition,
     stored_definition,

@@ -164,7 +164,10 @@ def plan(
             )
         if schedule is None:
             result.create.append(spec)
-        elif data is not None and data.get("fingerprint") == definition(spec, namespace)["fingerprint"]:
+        elif (
+            data is not None
+            and data.get("fingerprint") == definition(spec, namespace)["fingerprint"]
+        ):
             result.keep.append((spec, schedule))
         else:
             result.replace.append(spec)

@@ -19,6 +19,7 @@ from apscheduler.eventbrokers.local import LocalEventBroker
 
 from .._errors import MissingDependencyError, StoreUnavailableError, UnsupportedError
 from .._urls import StoreURL, without_password
+from .leases import STATEMENT_TIMEOUT
 from .memstore import MemoryStore
 
 try:
@@ -94,6 +95,7 @@ async def open_sql_store(
     connect_args: dict[str, Any] = {}
     if store.kind == "postgresql":
         connect_args["timeout"] = connect_timeout
+        connect_args["command_timeout"] = STATEMENT_TIMEOUT  # a frozen server: see there
     engine = create_async_engine(store.sqlalchemy_url, connect_args=connect_args)
     exit_stack.push_async_callback(engine.dispose)
     try:
