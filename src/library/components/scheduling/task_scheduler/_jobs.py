@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 from pydantic import ValidationError
 
 from ._config import JobDefaults
+from ._depends import JobDependencies, job_dependencies
 from ._errors import InvalidTypeError, InvalidValueError, shown_id
 from ._shared import SHARED_EMPTY
 from ._triggers import TriggerSpec
@@ -82,6 +83,8 @@ class JobSpec:
     options: JobDefaults
     declared: bool
     """True for decorator jobs, False for jobs added at run time."""
+    dependencies: JobDependencies | None = None
+    """Its ``Depends`` parameters, analysed at declaration; None for a job without any."""
 
 
 JOB_ID_MAX_LENGTH = 200
@@ -182,4 +185,5 @@ def make_spec(
         kwargs=dict(kwargs) if kwargs else SHARED_EMPTY,
         options=resolved,
         declared=declared,
+        dependencies=job_dependencies(func, job_id, args, kwargs),
     )
