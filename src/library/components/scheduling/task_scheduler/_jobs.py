@@ -7,7 +7,7 @@ import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, ClassVar, TypedDict
 
 from pydantic import ValidationError
 
@@ -83,8 +83,24 @@ class JobSpec:
     options: JobDefaults
     declared: bool
     """True for decorator jobs, False for jobs added at run time."""
-    dependencies: JobDependencies | None = None
-    """Its ``Depends`` parameters, analysed at declaration; None for a job without any."""
+    dependencies: ClassVar[JobDependencies | None] = None
+    """Its ``Depends`` parameters, analysed at declaration. A class-level None for jobs
+    without any: only a :class:`DependentJobSpec` holds them, so other jobs pay no slot
+    (memory per idle schedule: bench/README.md)."""
+
+    def depending_on(self, dependencies: JobDependencies | None) -> JobSpec:
+        """This spec, or a copy holding ``dependencies`` (when not None)."""
+        if dependencies is None:
+            return self
+        fields = {name: getattr(self, name) for name in JobSpec.__slots__}
+        return DependentJobSpec(**fields, dependencies=dependencies)
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class DependentJobSpec(JobSpec):
+    """The definition of a job with ``Depends`` parameters (see :meth:`JobSpec.depending_on`)."""
+
+    dependencies: JobDependencies  # type: ignore[misc]  # a slot here, a ClassVar None above
 
 
 JOB_ID_MAX_LENGTH = 200
@@ -185,5 +201,4 @@ def make_spec(
         kwargs=dict(kwargs) if kwargs else SHARED_EMPTY,
         options=resolved,
         declared=declared,
-        dependencies=job_dependencies(func, job_id, args, kwargs),
-    )
+    ).depending_on(job_dependencies(func, job_id, args, kwargs))

@@ -124,8 +124,7 @@ def spec_from_definition(
         kwargs=kwargs,
         options=JobDefaults.model_validate(data["options"]),
         declared=False,
-        dependencies=job_dependencies(func, job_id, args, kwargs),  # resolved here, per run
-    )
+    ).depending_on(job_dependencies(func, job_id, args, kwargs))  # resolved here, per run
 
 
 @dataclass
