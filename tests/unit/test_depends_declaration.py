@@ -251,3 +251,15 @@ def test_fastapi_is_not_imported_for_jobs_without_it() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_what_fastapi_itself_refuses_fails_the_declaration_naming_the_job() -> None:
+    scheduler = TaskScheduler()
+
+    async def job(
+        settings: Annotated[dict[str, str], Depends(get_settings)] = Depends(get_settings),
+    ) -> None: ...
+
+    with pytest.raises(InvalidValueError) as info:
+        scheduler.interval(hours=1, id="job")(job)
+    assert str(info.value).startswith("job 'job': invalid dependencies: Cannot specify `Depends`")

@@ -18,16 +18,54 @@ FastAPI is imported only when a job may use it: a ``Depends`` object cannot exis
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Annotated, Any, get_args, get_origin
+from weakref import WeakKeyDictionary
 
 from ._errors import InvalidTypeError, InvalidValueError
 
 _FASTAPI_PARAMS = "fastapi.params"
+_UNKNOWN = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _FastAPI:
+    """What this module uses of FastAPI and Starlette, imported once, when first needed."""
+
+    depends: type[Any]
+    request_markers: tuple[type[Any], ...]
+    """``Header()``, ``Query()``, ``Body()``... (FastAPI's ``Param`` and ``Body``)."""
+    request_types: tuple[type[Any], ...]
+    """``Request``, ``WebSocket``, ``Response``, ``BackgroundTasks``."""
+    request: type[Any]
+    get_typed_signature: Callable[..., inspect.Signature]
+    get_dependant: Callable[..., Any]
+    solve_dependencies: Callable[..., Any]
+
+
+@functools.cache
+def _fastapi() -> _FastAPI:
+    from fastapi import params
+    from fastapi.dependencies import utils
+    from starlette.background import BackgroundTasks
+    from starlette.requests import HTTPConnection, Request
+    from starlette.responses import Response
+
+    return _FastAPI(
+        depends=params.Depends,
+        request_markers=(params.Param, params.Body),
+        request_types=(HTTPConnection, Response, BackgroundTasks),
+        request=Request,
+        get_typed_signature=utils.get_typed_signature,
+        get_dependant=utils.get_dependant,
+        solve_dependencies=utils.solve_dependencies,
+    )
 
 
 class DependencyOverrides:
@@ -165,16 +203,28 @@ def _covered(
     return covered
 
 
-def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
-    from fastapi.dependencies.utils import get_typed_signature
+_SIGNATURES: WeakKeyDictionary[Callable[..., Any], inspect.Signature | None] = WeakKeyDictionary()
+"""Plain functions' signatures, read once: with FastAPI imported, every job added is looked at,
+and jobs added at run time often share a function (~50 us a look, ~1 us from here)."""
 
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    cacheable = type(func) is FunctionType
+    if cacheable and (known := _SIGNATURES.get(func, _UNKNOWN)) is not _UNKNOWN:
+        return known  # type: ignore[return-value]
+    signature: inspect.Signature | None
     try:
-        return get_typed_signature(func)  # string annotations evaluated as FastAPI does
+        signature = _fastapi().get_typed_signature(
+            func
+        )  # string annotations evaluated as FastAPI does
     except Exception:
         try:
-            return inspect.signature(func)
+            signature = inspect.signature(func)
         except (TypeError, ValueError):
-            return None  # a builtin without a signature: it has no dependencies
+            signature = None  # a builtin without a signature: it has no dependencies
+    if cacheable:
+        _SIGNATURES[func] = signature
+    return signature
 
 
 def job_dependencies(
@@ -185,10 +235,7 @@ def job_dependencies(
     InvalidTypeError naming a parameter that only an HTTP request could fill."""
     if _FASTAPI_PARAMS not in sys.modules:
         return None  # no Depends object can exist yet: nothing to look for
-    from fastapi import params
-    from fastapi.dependencies.utils import get_dependant, solve_dependencies
-    from starlette.requests import Request
-
+    fastapi = _fastapi()
     signature = _signature(func)
     if signature is None:
         return None
@@ -199,7 +246,7 @@ def job_dependencies(
             continue
         base, extras = _metadata(parameter.annotation)
         markers = (*extras, parameter.default)
-        if any(isinstance(marker, params.Depends) for marker in markers):
+        if any(isinstance(marker, fastapi.depends) for marker in markers):
             if parameter.name in given:
                 continue  # explicit arguments win over dependencies
             if parameter.kind is parameter.POSITIONAL_ONLY:
@@ -210,45 +257,50 @@ def job_dependencies(
                 )
             wanted.append(parameter.replace(kind=parameter.KEYWORD_ONLY))
         elif parameter.name not in given:
-            _check_not_request_bound(job_id, parameter.name, base, markers)
+            _check_not_request_bound(fastapi, job_id, parameter.name, base, markers)
     if not wanted:
         return None
-    dependant = get_dependant(path="", call=_DependencyParameters(inspect.Signature(wanted)))
+    try:
+        dependant = fastapi.get_dependant(
+            path="", call=_DependencyParameters(inspect.Signature(wanted))
+        )
+    except Exception as exc:  # FastAPI's own checks (assertions, DependencyScopeError...)
+        raise InvalidValueError(f"job {job_id!r}: invalid dependencies: {exc}") from exc
     for name, dependency, what in _request_bound(dependant):
         raise InvalidValueError(
             f"job {job_id!r}: dependency {dependency} needs {what} {name!r}, which only an "
             f"HTTP request has; a job runs outside any request: give the job what it needs "
             f"through dependencies that do not read the request"
         )
-    accepted = inspect.signature(solve_dependencies).parameters
+    accepted = inspect.signature(fastapi.solve_dependencies).parameters
     return JobDependencies(
         job_id=job_id,
         dependant=dependant,
-        solve=solve_dependencies,
+        solve=fastapi.solve_dependencies,
         solve_options=_solve_options(accepted),
         pass_stack="async_exit_stack" in accepted,
-        request_class=Request,
+        request_class=fastapi.request,
     )
 
 
 def _check_not_request_bound(
-    job_id: str, name: str, base: object, markers: tuple[object, ...]
+    fastapi: _FastAPI, job_id: str, name: str, base: object, markers: tuple[object, ...]
 ) -> None:
     """A parameter of the job itself that FastAPI would fill from a request: rejected."""
-    from fastapi import params
-    from starlette.background import BackgroundTasks
-    from starlette.requests import HTTPConnection
-    from starlette.responses import Response
-
     for marker in markers:
-        if isinstance(marker, (params.Param, params.Body)):
+        if isinstance(marker, fastapi.request_markers):
             raise InvalidValueError(
                 f"job {job_id!r}: parameter {name!r} is a request parameter "
                 f"({type(marker).__name__}), which only an HTTP request has; a job runs "
                 f"outside any request: give it a value with kwargs=..., a plain default, "
                 f"or Depends(...)"
             )
-    if inspect.isclass(base) and issubclass(base, (HTTPConnection, Response, BackgroundTasks)):
+    # isinstance(list[int], type) is True on Python 3.10, and issubclass() then raises.
+    if (
+        isinstance(base, type)
+        and get_origin(base) is None
+        and issubclass(base, fastapi.request_types)
+    ):
         raise InvalidTypeError(
             f"job {job_id!r}: parameter {name!r} is a {base.__name__}, which only an HTTP "
             f"request has; a job runs outside any request"
