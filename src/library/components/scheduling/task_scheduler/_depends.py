@@ -28,6 +28,9 @@ from types import FunctionType
 from typing import Annotated, Any, get_args, get_origin
 from weakref import WeakKeyDictionary
 
+import anyio
+import anyio.lowlevel
+
 from ._errors import InvalidTypeError, InvalidValueError
 
 _FASTAPI_PARAMS = "fastapi.params"
@@ -131,41 +134,59 @@ class JobDependencies:
         """The job's keyword arguments: its dependencies' values, then ``kwargs`` over them.
         Generator dependencies are closed when the block ends, however it ends."""
         current = None if overrides is None else overrides.current()
-        async with AsyncExitStack() as stack:
-            # solve_dependencies reads its exit stacks, and the (empty) query string,
-            # headers and cookies, from a request's scope: one that stands for no request.
-            scope = {
-                "type": "http",
-                "method": "GET",
-                "path": "/",
-                "query_string": b"",
-                "headers": [],
-                "fastapi_inner_astack": stack,
-                "fastapi_function_astack": stack,
-                "fastapi_astack": stack,  # FastAPI < 0.112's name for it
-            }
-            solved = await self.solve(
-                request=self.request_class(scope),
-                dependant=self.dependant,
-                dependency_overrides_provider=(
-                    None if current is None else _OverridesProvider(current)
-                ),
-                **self.solve_options,
-                **({"async_exit_stack": stack} if self.pass_stack else {}),
+        # Entered before the stack, so it encloses every scope FastAPI enters on it.
+        with anyio.CancelScope() as cleanup:
+            async with AsyncExitStack() as stack:
+                try:
+                    yield await self._solve(stack, kwargs, current)
+                finally:
+                    # Generator dependencies close even when the run was cancelled (timeout,
+                    # shutdown): their clean-up is shielded from that cancellation, as FastAPI
+                    # 0.163 and later shields an endpoint's (and older versions do not).
+                    cleanup.shield = True
+        # A task group in a dependency can swallow the cancellation while shielded.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def _solve(
+        self,
+        stack: AsyncExitStack,
+        kwargs: Mapping[str, Any],
+        overrides: Mapping[Callable[..., Any], Callable[..., Any]] | None,
+    ) -> dict[str, Any]:
+        # solve_dependencies reads its exit stacks, and the (empty) query string, headers and
+        # cookies, from a request's scope: one that stands for no request.
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "query_string": b"",
+            "headers": [],
+            "fastapi_inner_astack": stack,
+            "fastapi_function_astack": stack,
+            "fastapi_astack": stack,  # FastAPI < 0.112's name for it
+        }
+        solved = await self.solve(
+            request=self.request_class(scope),
+            dependant=self.dependant,
+            dependency_overrides_provider=(
+                None if overrides is None else _OverridesProvider(overrides)
+            ),
+            **self.solve_options,
+            **({"async_exit_stack": stack} if self.pass_stack else {}),
+        )
+        if isinstance(solved, tuple):  # FastAPI < 0.112: (values, errors, ...)
+            values, errors = solved[0], solved[1]
+        else:
+            values, errors = solved.values, solved.errors
+        if errors:
+            # Only an override can need what a request has: the declaration checked the rest.
+            raise InvalidValueError(
+                f"job {self.job_id!r}: its dependencies need values only an HTTP request "
+                f"has (an override with request parameters?): {errors}"
             )
-            if isinstance(solved, tuple):  # FastAPI < 0.112: (values, errors, ...)
-                values, errors = solved[0], solved[1]
-            else:
-                values, errors = solved.values, solved.errors
-            if errors:
-                # Only an override can need what a request has: the declaration checked the rest.
-                raise InvalidValueError(
-                    f"job {self.job_id!r}: its dependencies need values only an HTTP request "
-                    f"has (an override with request parameters?): {errors}"
-                )
-            if kwargs:
-                values.update(kwargs)
-            yield values
+        if kwargs:
+            values.update(kwargs)
+        return values  # type: ignore[no-any-return]
 
 
 def _solve_options(accepted: Mapping[str, inspect.Parameter]) -> dict[str, Any]:
