@@ -374,3 +374,27 @@ async def test_a_run_now_waits_for_its_cleanup(anyio_backend: str) -> None:
         assert resources.log == ["open 1", "closed 1"]
         await scheduler.run_job("job", wait=False)
         await wait_until(lambda: resources.log[-1] == "closed 2")
+
+
+async def test_dependencies_open_and_close_in_the_task_that_runs_the_job(
+    anyio_backend: str,
+) -> None:
+    tasks: list[tuple[str, int]] = []
+
+    async def tracked() -> AsyncIterator[None]:
+        tasks.append(("open", anyio.get_current_task().id))
+        try:
+            yield
+        finally:
+            tasks.append(("close", anyio.get_current_task().id))
+
+    scheduler = TaskScheduler()
+
+    @scheduler.interval(hours=1, id="job", timeout=5)
+    async def job(_: None = Depends(tracked)) -> None:
+        tasks.append(("job", anyio.get_current_task().id))
+
+    async with scheduler:
+        await scheduler.run_job("job")
+    assert [what for what, _ in tasks] == ["open", "job", "close"]
+    assert len({task for _, task in tasks}) == 1, tasks

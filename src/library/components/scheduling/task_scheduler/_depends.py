@@ -10,7 +10,7 @@ Per attempt, :meth:`JobDependencies.resolve` runs FastAPI's ``solve_dependencies
 that runs the job, on an exit stack of its own (per-run cache, sub-dependencies, sync ones in
 worker threads, overrides), and closes it when the call ends: generator dependencies are
 cleaned up after a success, an error, a timeout or a cancellation at shutdown, shielded from
-that cancellation as FastAPI shields them.
+that cancellation (as FastAPI 0.163 and later shields an endpoint's; here on every version).
 
 FastAPI is imported only when a job may use it: a ``Depends`` object cannot exist before
 ``fastapi.params`` is imported, so a process that never imported FastAPI skips the look.
@@ -50,6 +50,8 @@ class _FastAPI:
     get_typed_signature: Callable[..., inspect.Signature]
     get_dependant: Callable[..., Any]
     solve_dependencies: Callable[..., Any]
+    solve_options: Mapping[str, Any]
+    pass_stack: bool
 
 
 @functools.cache
@@ -60,6 +62,7 @@ def _fastapi() -> _FastAPI:
     from starlette.requests import HTTPConnection, Request
     from starlette.responses import Response
 
+    accepted = inspect.signature(utils.solve_dependencies).parameters
     return _FastAPI(
         depends=params.Depends,
         request_markers=(params.Param, params.Body),
@@ -68,6 +71,8 @@ def _fastapi() -> _FastAPI:
         get_typed_signature=utils.get_typed_signature,
         get_dependant=utils.get_dependant,
         solve_dependencies=utils.solve_dependencies,
+        solve_options=_solve_options(accepted),
+        pass_stack="async_exit_stack" in accepted,
     )
 
 
@@ -293,13 +298,12 @@ def job_dependencies(
             f"HTTP request has; a job runs outside any request: give the job what it needs "
             f"through dependencies that do not read the request"
         )
-    accepted = inspect.signature(fastapi.solve_dependencies).parameters
     return JobDependencies(
         job_id=job_id,
         dependant=dependant,
         solve=fastapi.solve_dependencies,
-        solve_options=_solve_options(accepted),
-        pass_stack="async_exit_stack" in accepted,
+        solve_options=fastapi.solve_options,
+        pass_stack=fastapi.pass_stack,
         request_class=fastapi.request,
     )
 
