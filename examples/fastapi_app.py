@@ -11,6 +11,10 @@ Smoke:    python examples/fastapi_app.py --smoke  (serves on a free port, checks
 The management API under /scheduler is guarded by an API key: set SCHEDULER_API_KEY (the
 example falls back to "change-me", which you should never do in production).
 
+weekday_report takes a database handle and settings with FastAPI's ``Depends``: resolved for
+every run, the handle closed when the run ends; tests replace them with
+``app.dependency_overrides``, as they would an endpoint's.
+
 Every job has an explicit id: the URLs above name jobs by id, and the default id
 (``module:qualname``) would be ``__main__:heartbeat`` here but ``fastapi_app:heartbeat`` under
 ``uvicorn fastapi_app:app``.
@@ -24,9 +28,10 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import anyio.lowlevel
@@ -63,16 +68,38 @@ async def daily_backup() -> None:
     await anyio.sleep(1)
 
 
+class ReportSettings:  # in a real app, pydantic-settings
+    recipients = ("ops@example.com",)
+
+
+def get_report_settings() -> ReportSettings:
+    return ReportSettings()
+
+
+async def get_report_db() -> AsyncIterator[dict[str, int]]:
+    # A yield dependency: opened for each run, closed when the run ends, however it ends.
+    connection = {"open_orders": 3}
+    try:
+        yield connection
+    finally:
+        connection.clear()
+
+
 @scheduler.cron("0 9 * * mon-fri", id="weekday_report")
-async def weekday_report() -> None:
+async def weekday_report(
+    db: Annotated[dict[str, int], Depends(get_report_db)],
+    settings: Annotated[ReportSettings, Depends(get_report_settings)],
+) -> None:
     await anyio.lowlevel.checkpoint()
+    print(f"Report: {db['open_orders']} open orders, for {', '.join(settings.recipients)}")
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> Any:
-    await scheduler.start()
-    yield
-    await scheduler.shutdown()
+    # scheduler.lifespan(app) starts and stops the scheduler (as start()/shutdown() would),
+    # and lets jobs' dependencies honour app.dependency_overrides.
+    async with scheduler.lifespan(app):
+        yield
 
 
 app = FastAPI(lifespan=lifespan)

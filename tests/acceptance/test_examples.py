@@ -42,3 +42,40 @@ def test_ctrl_c_stops_the_trio_example_cleanly() -> None:
     assert process.returncode == 0, output
     assert "task scheduler stopped" in output
     assert "Traceback" not in output and "ExceptionGroup" not in output
+
+
+OVERRIDE_IN_A_TEST = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from fastapi.testclient import TestClient
+import fastapi_app
+
+closed = []
+
+async def fake_db():
+    yield {"open_orders": 42}
+    closed.append(True)
+
+fastapi_app.app.dependency_overrides[fastapi_app.get_report_db] = fake_db
+with TestClient(fastapi_app.app) as client:
+    run = client.post(
+        "/scheduler/jobs/weekday_report/run?wait=true",
+        headers={"X-API-Key": fastapi_app.API_KEY},
+    )
+assert run.json()["outcome"] == "success", run.text
+assert closed == [True], closed
+"""
+
+
+def test_the_fastapi_examples_job_dependency_is_replaced_as_an_endpoints() -> None:
+    """A test of the example app overrides weekday_report's database through
+    app.dependency_overrides, as it would an endpoint's (in a subprocess: the example
+    configures logging when imported)."""
+    result = subprocess.run(
+        [sys.executable, "-c", OVERRIDE_IN_A_TEST, str(EXAMPLES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Report: 42 open orders, for ops@example.com" in result.stdout, result.stdout

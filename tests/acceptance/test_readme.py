@@ -53,6 +53,7 @@ from fastapi.testclient import TestClient
 from library.components.scheduling.task_scheduler import (
     JobInfo,
     Outcome,
+    RunInfo,
     SchedulerConfig,
     TaskScheduler,
 )
@@ -412,6 +413,37 @@ def _health(ns: dict[str, Any], backend: str) -> None:
 @check("Testing your jobs")
 def _testing(ns: dict[str, Any], backend: str) -> None:
     anyio.run(ns["test_heartbeat"], backend=backend)
+
+
+@check("Dependencies in jobs (Depends)")
+def _depends(ns: dict[str, Any], backend: str) -> None:
+    # The app's lifespan runs the job with its dependencies; an app override replaces one.
+    scheduler: TaskScheduler = ns["scheduler"]
+    app: FastAPI = ns["app"]
+    closed: list[bool] = []
+
+    async def recording_db() -> Any:
+        session = ns["Session"]()
+        yield session
+        closed.append(True)
+
+    async def main() -> list[RunInfo]:
+        async with scheduler.lifespan(app):
+            runs = [await scheduler.run_job("purge")]
+            app.dependency_overrides[ns["get_db"]] = recording_db
+            runs.append(await scheduler.run_job("purge"))
+            app.dependency_overrides.clear()
+        return runs
+
+    runs = anyio.run(main, backend=backend)
+    assert [run.outcome for run in runs] == [Outcome.success] * 2, runs
+    assert closed == [True]
+
+
+@check("Overriding a job's dependencies")
+def _testing_overrides(ns: dict[str, Any], backend: str) -> None:
+    anyio.run(ns["test_digest_is_sent"], backend=backend)
+    assert ns["scheduler"].dependency_overrides == {}
 
 
 @check("Schedules that survive restarts, and several workers")

@@ -40,6 +40,7 @@ from ._registry import JobRegistry, JobRuntime
 from ._runs import OUTCOME_INDEX, RunRecord, log_run, next_seq, retry_delay
 
 if TYPE_CHECKING:
+    from ._depends import DependencyOverrides
     from ._history import RunRecorder
 
 RETRY_BUFFER = 1000
@@ -73,6 +74,7 @@ class TaskExecutor(JobExecutor):
         adopt: Callable[[Job], JobRuntime | None] | None = None,
         on_finished: Callable[[RunRecord], None] | None = None,
         recorder: RunRecorder | None = None,
+        overrides: DependencyOverrides | None = None,
     ) -> None:
         self.tz = tz
         self.history_size = history_size
@@ -84,6 +86,8 @@ class TaskExecutor(JobExecutor):
         self._recorder = recorder
         """Records each attempt's start and end for the cluster (persistent stores)."""
         self._thread_limit = thread_limit
+        self._overrides = overrides
+        """Dependency overrides, for jobs with ``Depends`` parameters."""
         self._limiter: CapacityLimiter | None = None
         self._run_now_scopes: set[anyio.CancelScope] = set()
         self._in_progress = 0
@@ -444,14 +448,21 @@ class TaskExecutor(JobExecutor):
         self._end(runtime, record, Outcome.success, None, None)
         return None
 
-    async def _call(self, spec: JobSpec) -> None:
+    async def _call(self, spec: JobSpec, kwargs: dict[str, Any] | None = None) -> None:
+        if kwargs is None:
+            if spec.dependencies is not None:
+                # Resolved per attempt, in this task; generator dependencies close after it.
+                async with spec.dependencies.resolve(spec.kwargs, self._overrides) as kwargs:
+                    await self._call(spec, kwargs)
+                return
+            kwargs = spec.kwargs
         if spec.is_async:
-            await spec.func(*spec.args, **spec.kwargs)
+            await spec.func(*spec.args, **kwargs)
             return
         # Trap 3 (4.0.0a6): the engine's default executor calls plain functions on the event
         # loop thread. Ours go to a worker thread; a thread cannot be cancelled, so it is
         # abandoned (and that is logged) when its run times out or is cancelled.
-        call = functools.partial(spec.func, *spec.args, **spec.kwargs)
+        call = functools.partial(spec.func, *spec.args, **kwargs)
         result = await to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._limiter)
         if inspect.isawaitable(result):
             await result

@@ -20,6 +20,7 @@ from apscheduler.abc import Serializer
 
 from ._aps.serializer import reference_to, resolve_reference
 from ._config import DEFAULT_NAMESPACE, JobDefaults
+from ._depends import job_dependencies
 from ._errors import InvalidValueError
 from ._jobs import JobSpec, callable_name, is_async_callable
 from ._triggers import spec_from_dict
@@ -111,6 +112,7 @@ def spec_from_definition(
 ) -> JobSpec:
     """Rebuild a job another process (or an earlier run) added at run time."""
     func = resolve_reference(str(data["func"]))
+    args, kwargs = tuple(data.get("args", ())), dict(data.get("kwargs", {}))
     return JobSpec(
         id=job_id,
         name=str(data["name"]),
@@ -118,11 +120,11 @@ def spec_from_definition(
         func_ref=callable_name(func),
         is_async=is_async_callable(func),
         trigger=spec_from_dict(data["trigger"], tz),
-        args=tuple(data.get("args", ())),
-        kwargs=dict(data.get("kwargs", {})),
+        args=args,
+        kwargs=kwargs,
         options=JobDefaults.model_validate(data["options"]),
         declared=False,
-    )
+    ).depending_on(job_dependencies(func, job_id, args, kwargs))  # resolved here, per run
 
 
 @dataclass

@@ -25,7 +25,8 @@ from apscheduler.abc import Trigger
 from ._backend import make_backend
 from ._clock import utcnow
 from ._config import SchedulerConfig
-from ._errors import DuplicateJobError, InvalidValueError, SchedulerStateError
+from ._depends import DependencyOverrides
+from ._errors import DuplicateJobError, InvalidTypeError, InvalidValueError, SchedulerStateError
 from ._executor import TaskExecutor
 from ._history import History, JobFacts, LocalHistory, Worker
 from ._hooks import HookDispatcher, RunHook
@@ -62,6 +63,7 @@ class TaskScheduler:
         self._registry = JobRegistry()
         self._hooks = HookDispatcher(self._tz, self._worker.id)
         self._backend = make_backend(self.config, self._registry, self._worker)
+        self._overrides = DependencyOverrides()
         self._executor = TaskExecutor(
             registry=self._registry,
             tz=self._tz,
@@ -70,6 +72,7 @@ class TaskScheduler:
             adopt=self._backend.adopt,
             on_finished=self._hooks.notify,
             recorder=self._backend.recorder,
+            overrides=self._overrides,
         )
         self._lifecycle = Lifecycle(
             self.config,
@@ -176,6 +179,23 @@ class TaskScheduler:
             raise DuplicateJobError(spec.id)
         self._backend.check_storable(spec)
         return self._registry.add(spec, paused=bool(options.get("paused", False)))
+
+    @property
+    def dependency_overrides(self) -> dict[Callable[..., Any], Callable[..., Any]]:
+        """Replacements for jobs' ``Depends`` dependencies: ``{original: replacement}``, as
+        FastAPI's ``app.dependency_overrides`` (which jobs also honour while the scheduler runs
+        in that app's lifespan; where both replace one dependency, this one wins). Read at
+        every run: tests may change it while the scheduler runs."""
+        return self._overrides.own
+
+    @dependency_overrides.setter
+    def dependency_overrides(self, overrides: dict[Callable[..., Any], Callable[..., Any]]) -> None:
+        if not isinstance(overrides, dict):
+            raise InvalidTypeError(
+                f"dependency_overrides must be a dict of {{dependency: replacement}}, "
+                f"got {overrides!r}"
+            )
+        self._overrides.own = overrides
 
     # ------------------------------------------------------------------ adding at run time
 
@@ -571,10 +591,15 @@ class TaskScheduler:
     async def lifespan(self, app: object = None) -> AsyncIterator[dict[str, Any]]:
         """A FastAPI/Starlette lifespan: ``FastAPI(lifespan=scheduler.lifespan)``.
 
-        Yields the lifespan state ``{"task_scheduler": scheduler}``.
+        Yields the lifespan state ``{"task_scheduler": scheduler}``. While it runs, jobs'
+        dependencies honour ``app.dependency_overrides``.
         """
-        await self.start()
+        self._overrides.app = app  # before start(): a job due at once sees it too
         try:
-            yield {"task_scheduler": self}
+            await self.start()
+            try:
+                yield {"task_scheduler": self}
+            finally:
+                await self.shutdown()
         finally:
-            await self.shutdown()
+            self._overrides.app = None
