@@ -35,7 +35,10 @@ from fastapi import Depends, FastAPI, HTTPException, Security
 from fastapi.security import APIKeyHeader
 
 from library.components.scheduling.task_scheduler import JobInfo, SchedulerConfig, TaskScheduler
-from library.components.scheduling.task_scheduler.fastapi import create_scheduler_router
+from library.components.scheduling.task_scheduler.fastapi import (
+    CSRF_HEADER,
+    create_scheduler_router,
+)
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -128,7 +131,8 @@ async def smoke() -> None:
                 guarded = await client.get("/scheduler/jobs")
                 assert guarded.status_code == 401, guarded.text
                 run = await client.post(
-                    "/scheduler/jobs/weekday_report/run?wait=true", headers={"X-API-Key": API_KEY}
+                    "/scheduler/jobs/weekday_report/run?wait=true",
+                    headers={"X-API-Key": API_KEY, CSRF_HEADER: "1"},
                 )
                 assert run.json()["outcome"] == "success", run.text
             server.should_exit = True

@@ -56,6 +56,7 @@ from library.components.scheduling.task_scheduler import (
     SchedulerConfig,
     TaskScheduler,
 )
+from library.components.scheduling.task_scheduler.fastapi import CSRF_HEADER
 
 README = Path(__file__).parents[2] / "README.md"
 PACKAGE_LOGGER = "library.components.scheduling.task_scheduler"
@@ -328,7 +329,8 @@ def _router(ns: dict[str, Any], backend: str) -> None:
         assert client.get("/scheduler/jobs", headers={"X-API-Key": "wrong"}).status_code == 403
         jobs = client.get("/scheduler/jobs", headers={"X-API-Key": key})
         assert [job["id"] for job in jobs.json()] == ["daily-backup"], jobs.text
-        run = client.post("/scheduler/jobs/daily-backup/run?wait=true", headers={"X-API-Key": key})
+        headers = {"X-API-Key": key, CSRF_HEADER: "1"}  # a POST carries the CSRF header
+        run = client.post("/scheduler/jobs/daily-backup/run?wait=true", headers=headers)
         assert run.json()["outcome"] == "success", run.text
         # The runs and workers routes the table lists, behind the same guard.
         assert client.get("/scheduler/runs").status_code == 401
