@@ -23,7 +23,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
 SUPPORTED_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-LINT_PATHS = ["src", "tests", "examples", "bench", "noxfile.py"]
+LINT_PATHS = ["src", "tests", "examples", "bench", "docs", "noxfile.py"]
 PACKAGE = "library.components.scheduling.task_scheduler"
 CHROMIUM = os.environ.get("TASK_SCHEDULER_CHROMIUM", "/usr/bin/chromium")
 """The browser tests/browser drive (through Playwright, which the test extra installs)."""

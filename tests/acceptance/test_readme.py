@@ -342,6 +342,22 @@ def _router(ns: dict[str, Any], backend: str) -> None:
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "outcome"]
 
 
+@check("Dashboard (in a browser)")
+def _dashboard(ns: dict[str, Any], backend: str) -> None:
+    basic = (os.environ.get("DASHBOARD_USER", "ops"), os.environ["DASHBOARD_PASSWORD"])
+    with TestClient(ns["app"], backend=backend) as client:
+        asked = client.get("/scheduler/dashboard")  # a browser without credentials is asked
+        assert asked.status_code == 401 and asked.headers["WWW-Authenticate"] == "Basic"
+        assert client.get("/scheduler/dashboard", auth=("ops", "guess")).status_code == 401
+        page = client.get("/scheduler/dashboard", auth=basic)
+        assert page.status_code == 200 and "<title>Task scheduler</title>" in page.text
+        # The same credentials reach the API the page's script calls; a POST needs the header.
+        url = "/scheduler/jobs/sync-invoices/pause"
+        assert client.post(url, auth=basic).status_code == 403
+        paused = client.post(url, auth=basic, headers={CSRF_HEADER: "1"})
+        assert paused.json()["paused"] is True, paused.text
+
+
 @check("Programmatic job management")
 def _programmatic(ns: dict[str, Any], backend: str) -> None:
     # The block ran before start(), as the README says it may; now start the scheduler.
@@ -545,6 +561,7 @@ def test_block_runs(
         SUBPROCESS[key](block, tmp_path)
         return
     monkeypatch.setenv("SCHEDULER_API_KEY", "readme-test-key")  # the router block reads it
+    monkeypatch.setenv("DASHBOARD_PASSWORD", "readme-test-password")  # and the dashboard's
     namespace = run_block(block, backend)
     CHECKS.get(key, serve)(namespace, backend)
 

@@ -26,7 +26,14 @@
     }
   }
   const dateTime = makeFormat({ dateStyle: "medium", timeStyle: "medium" });
+  const shortDate = makeFormat({ month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+  const day = makeFormat({ dateStyle: "short" });
   const clock = makeFormat({ timeStyle: "medium" });
+
+  function when(date) {
+    // Today (in the scheduler's zone): the time alone; another day: the date, to the minute.
+    return day.format(date) === day.format(new Date()) ? clock.format(date) : shortDate.format(date);
+  }
 
   // --- building DOM from data: text only -------------------------------------------------
 
@@ -47,9 +54,9 @@
 
   function time(iso) {
     if (!iso) return el("span", { className: "muted", text: "—" });
-    const when = new Date(iso);
-    const text = Number.isNaN(when.getTime()) ? iso : dateTime.format(when);
-    return el("time", { text, attrs: { datetime: iso } });
+    const date = new Date(iso);
+    if (Number.isNaN(date.getTime())) return el("span", { text: iso });
+    return el("time", { text: when(date), attrs: { datetime: iso, title: dateTime.format(date) } });
   }
 
   function outcomeBadge(outcome) {
@@ -60,6 +67,7 @@
 
   function seconds(value) {
     if (value === null || value === undefined) return "—";
+    if (value < 0.001) return "< 1 ms";
     if (value < 1) return `${Math.round(value * 1000)} ms`;
     if (value < 120) return `${value.toFixed(value < 10 ? 2 : 1)} s`;
     return `${Math.round(value / 60)} min`;
@@ -68,7 +76,7 @@
   function counts(job) {
     const parts = Object.entries(job.counts || {})
       .filter(([, n]) => n > 0)
-      .map(([outcome, n]) => `${n} ${outcome === "timed_out" ? "timed out" : outcome}`);
+      .map(([outcome, n]) => `${outcome === "timed_out" ? "timed out" : outcome}: ${n}`);
     return parts.length ? parts.join(", ") : "none yet";
   }
 
