@@ -25,7 +25,8 @@ nox.options.error_on_missing_interpreters = False
 SUPPORTED_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 LINT_PATHS = ["src", "tests", "examples", "bench", "docs", "noxfile.py"]
 PACKAGE = "library.components.scheduling.task_scheduler"
-CHROMIUM = os.environ.get("TASK_SCHEDULER_CHROMIUM", "/usr/bin/chromium")
+DEBIAN_CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("TASK_SCHEDULER_CHROMIUM", DEBIAN_CHROMIUM)
 """The browser tests/browser drive (through Playwright, which the test extra installs)."""
 
 
@@ -36,7 +37,7 @@ def ensure_chromium(session: nox.Session) -> None:
     if os.path.exists(CHROMIUM):
         return
     root = hasattr(os, "geteuid") and os.geteuid() == 0
-    if not (root and shutil.which("apt-get")):
+    if not (root and shutil.which("apt-get") and CHROMIUM == DEBIAN_CHROMIUM):
         session.warn(f"no Chromium at {CHROMIUM}: install it (apt-get install -y chromium)")
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 from string import Template
@@ -54,19 +54,19 @@ _MEDIA_TYPES = {
 
 @dataclass(frozen=True)
 class Asset:
-    """One file as served: its body, media type and ETag."""
+    """One file as served: its body, media type and ETag (a hash of the body)."""
 
     name: str
     body: bytes
     media_type: str
+    etag: str = field(init=False)
 
-    @property
-    def etag(self) -> str:
-        return f'"{hashlib.sha256(self.body).hexdigest()[:20]}"'
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "etag", f'"{hashlib.sha256(self.body).hexdigest()[:20]}"')
 
 
 def _read(name: str) -> bytes:
-    return files(_PACKAGE).joinpath(ASSET_DIR, name).read_bytes()
+    return files(_PACKAGE).joinpath(ASSET_DIR).joinpath(name).read_bytes()
 
 
 def _hashed(name: str) -> Asset:
