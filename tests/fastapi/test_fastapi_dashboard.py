@@ -18,7 +18,10 @@ from fastapi.testclient import TestClient
 from helpers import noop
 
 from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler
-from library.components.scheduling.task_scheduler.fastapi import create_scheduler_router
+from library.components.scheduling.task_scheduler.fastapi import (
+    CSRF_HEADER,
+    create_scheduler_router,
+)
 
 Backend = Literal["asyncio", "trio"]
 USER, PASSWORD = "ops", "s3cret"
@@ -184,3 +187,27 @@ def test_the_script_never_parses_data_as_html() -> None:
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink
     assert "textContent" in script
+
+
+def test_a_store_password_appears_nowhere_the_dashboard_reads(pg_url: str) -> None:
+    # The server trusts loopback, so a password in the URL is accepted and must stay hidden.
+    password = "S3cretPw-dashboard"
+    store = pg_url.replace("postgres@", f"postgres:{password}@")
+    scheduler = TaskScheduler(SchedulerConfig(store=store))
+    scheduler.interval(hours=1, id="report")(noop)
+    app = FastAPI(lifespan=scheduler.lifespan)
+    app.include_router(create_scheduler_router(dependencies=[Depends(require_ops)]))
+    with TestClient(app, backend="asyncio") as client:
+        ran = client.post(
+            "/scheduler/jobs/report/run?wait=true", headers={**BASIC, CSRF_HEADER: "1"}
+        )
+        assert ran.json()["outcome"] == "success", ran.text
+        page = client.get("/scheduler/dashboard", headers=BASIC)
+        # What the page's script loads, as it asks for it.
+        for url in ["dashboard", "status", "jobs", "runs?limit=25", "workers"]:
+            response = client.get(f"/scheduler/{url}", headers=BASIC)
+            assert response.status_code == 200, (url, response.text)
+            assert password not in response.text, url
+        for url in links(page.text).urls:
+            if not url.startswith("data:"):
+                assert password not in client.get(f"/scheduler/{url}", headers=BASIC).text
