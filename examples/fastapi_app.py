@@ -4,12 +4,17 @@ Run it:   python examples/fastapi_app.py          (serves http://127.0.0.1:8000,
 Then:     curl http://127.0.0.1:8000/jobs
           curl http://127.0.0.1:8000/scheduler/health
           curl -H "X-API-Key: $SCHEDULER_API_KEY" http://127.0.0.1:8000/scheduler/jobs
-          curl -X POST -H "X-API-Key: $SCHEDULER_API_KEY" \
+          curl -X POST -H "X-API-Key: $SCHEDULER_API_KEY" -H "X-Task-Scheduler: 1" \
                "http://127.0.0.1:8000/scheduler/jobs/weekday_report/run?wait=true"
+          open http://127.0.0.1:8000/scheduler/dashboard in a browser: any user name, the key
+          as the password
 Smoke:    python examples/fastapi_app.py --smoke  (serves on a free port, checks, exits)
 
 The management API under /scheduler is guarded by an API key: set SCHEDULER_API_KEY (the
-example falls back to "change-me", which you should never do in production).
+example falls back to "change-me", which you should never do in production). Scripts send it
+in the X-API-Key header; a browser cannot, so the guard also takes it as an HTTP Basic
+password, which the browser asks for once (the dashboard). POST and DELETE requests also need
+the X-Task-Scheduler header (any value), which the dashboard sends itself.
 
 weekday_report takes a database handle and settings with FastAPI's ``Depends``: resolved for
 every run, the handle closed when the run ends; tests replace them with
@@ -37,10 +42,13 @@ import anyio
 import anyio.lowlevel
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Security
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBasicCredentials
 
 from library.components.scheduling.task_scheduler import JobInfo, SchedulerConfig, TaskScheduler
-from library.components.scheduling.task_scheduler.fastapi import create_scheduler_router
+from library.components.scheduling.task_scheduler.fastapi import (
+    CSRF_HEADER,
+    create_scheduler_router,
+)
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -106,13 +114,24 @@ app = FastAPI(lifespan=lifespan)
 
 API_KEY = os.environ.get("SCHEDULER_API_KEY", "change-me")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+basic = HTTPBasic(auto_error=False)
+SIGN_IN = {"WWW-Authenticate": "Basic"}  # a browser asks for the user name and password
 
 
-async def require_api_key(key: str | None = Security(api_key_header)) -> None:
-    if key is None:
-        raise HTTPException(status_code=401, detail="missing X-API-Key header")
-    if not secrets.compare_digest(key, API_KEY):
-        raise HTTPException(status_code=403, detail="wrong API key")
+async def require_api_key(
+    key: Annotated[str | None, Security(api_key_header)],
+    credentials: Annotated[HTTPBasicCredentials | None, Security(basic)],
+) -> None:
+    if key is not None:  # a script
+        if not secrets.compare_digest(key.encode(), API_KEY.encode()):
+            raise HTTPException(status_code=403, detail="wrong API key")
+    elif credentials is not None:  # a browser: any user name, the key as password
+        if not secrets.compare_digest(credentials.password.encode(), API_KEY.encode()):
+            raise HTTPException(status_code=401, detail="wrong password", headers=SIGN_IN)
+    else:
+        raise HTTPException(
+            status_code=401, detail="missing X-API-Key header (or sign in)", headers=SIGN_IN
+        )
 
 
 # With a hand-written lifespan, pass the scheduler explicitly; with
@@ -154,8 +173,11 @@ async def smoke() -> None:
                 assert health.json() == {"status": "ok", "stale_jobs": 0}, health.text
                 guarded = await client.get("/scheduler/jobs")
                 assert guarded.status_code == 401, guarded.text
+                page = await client.get("/scheduler/dashboard", auth=("ops", API_KEY))
+                assert "<title>Task scheduler</title>" in page.text, page.text
                 run = await client.post(
-                    "/scheduler/jobs/weekday_report/run?wait=true", headers={"X-API-Key": API_KEY}
+                    "/scheduler/jobs/weekday_report/run?wait=true",
+                    headers={"X-API-Key": API_KEY, CSRF_HEADER: "1"},
                 )
                 assert run.json()["outcome"] == "success", run.text
             server.should_exit = True

@@ -57,6 +57,7 @@ from library.components.scheduling.task_scheduler import (
     SchedulerConfig,
     TaskScheduler,
 )
+from library.components.scheduling.task_scheduler.fastapi import CSRF_HEADER
 
 README = Path(__file__).parents[2] / "README.md"
 PACKAGE_LOGGER = "library.components.scheduling.task_scheduler"
@@ -329,7 +330,8 @@ def _router(ns: dict[str, Any], backend: str) -> None:
         assert client.get("/scheduler/jobs", headers={"X-API-Key": "wrong"}).status_code == 403
         jobs = client.get("/scheduler/jobs", headers={"X-API-Key": key})
         assert [job["id"] for job in jobs.json()] == ["daily-backup"], jobs.text
-        run = client.post("/scheduler/jobs/daily-backup/run?wait=true", headers={"X-API-Key": key})
+        headers = {"X-API-Key": key, CSRF_HEADER: "1"}  # a POST carries the CSRF header
+        run = client.post("/scheduler/jobs/daily-backup/run?wait=true", headers=headers)
         assert run.json()["outcome"] == "success", run.text
         # The runs and workers routes the table lists, behind the same guard.
         assert client.get("/scheduler/runs").status_code == 401
@@ -339,6 +341,22 @@ def _router(ns: dict[str, Any], backend: str) -> None:
         assert worker["id"] == run.json()["worker"] and worker["state"] == "running"
         bad = client.get("/scheduler/runs?outcome=failed", headers={"X-API-Key": key})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "outcome"]
+
+
+@check("Dashboard (in a browser)")
+def _dashboard(ns: dict[str, Any], backend: str) -> None:
+    basic = (os.environ.get("DASHBOARD_USER", "ops"), os.environ["DASHBOARD_PASSWORD"])
+    with TestClient(ns["app"], backend=backend) as client:
+        asked = client.get("/scheduler/dashboard")  # a browser without credentials is asked
+        assert asked.status_code == 401 and asked.headers["WWW-Authenticate"] == "Basic"
+        assert client.get("/scheduler/dashboard", auth=("ops", "guess")).status_code == 401
+        page = client.get("/scheduler/dashboard", auth=basic)
+        assert page.status_code == 200 and "<title>Task scheduler</title>" in page.text
+        # The same credentials reach the API the page's script calls; a POST needs the header.
+        url = "/scheduler/jobs/sync-invoices/pause"
+        assert client.post(url, auth=basic).status_code == 403
+        paused = client.post(url, auth=basic, headers={CSRF_HEADER: "1"})
+        assert paused.json()["paused"] is True, paused.text
 
 
 @check("Programmatic job management")
@@ -575,6 +593,7 @@ def test_block_runs(
         SUBPROCESS[key](block, tmp_path)
         return
     monkeypatch.setenv("SCHEDULER_API_KEY", "readme-test-key")  # the router block reads it
+    monkeypatch.setenv("DASHBOARD_PASSWORD", "readme-test-password")  # and the dashboard's
     namespace = run_block(block, backend)
     CHECKS.get(key, serve)(namespace, backend)
 
