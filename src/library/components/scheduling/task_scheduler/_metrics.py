@@ -20,12 +20,18 @@ series as jobs. No label or value holds anything from the store's URL.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -75,6 +81,38 @@ class _Snapshot:
 _EMPTY = _Snapshot([], 0, float("-inf"))
 
 
+class _Histogram:
+    """One histogram per job, each a plain list: a count per bucket (the last one +Inf), then
+    the sum. An observation is a bisect and two additions in the event loop's thread (no lock:
+    a scrape copies a job's list at once, so its buckets always agree with each other)."""
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = bounds
+        # repr: the form Prometheus' clients give these bounds ("0.005", "1.0", "3600.0")
+        self._les = [*(repr(bound) for bound in bounds), "+Inf"]
+        self.by_job: dict[str, list[float]] = {}
+
+    def observe(self, job_id: str, amount: float) -> None:
+        counts = self.by_job.get(job_id)
+        if counts is None:
+            counts = self.by_job[job_id] = [0.0] * (len(self._bounds) + 2)
+        counts[bisect_left(self._bounds, amount)] += 1  # the first bucket whose bound >= amount
+        counts[-1] += amount
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=["job_id"])
+        for job_id, live in list(self.by_job.items()):
+            counts = live[:]
+            total, buckets = 0.0, []
+            for le, count in zip(self._les, counts, strict=False):
+                total += count
+                buckets.append((le, total))
+            family.add_metric([job_id], buckets, counts[-1])
+        return family
+
+
 class SchedulerMetrics(Collector):
     """A Prometheus collector of one scheduler's metrics, in its own :attr:`registry`.
 
@@ -86,23 +124,17 @@ class SchedulerMetrics(Collector):
         self._source = source
         self._snapshot = _EMPTY
         self._refreshing = False
-        self._duration = Histogram(
+        self._duration = _Histogram(
             "task_scheduler_run_duration_seconds",
             "Seconds each run attempt of this process took, from start to finish.",
-            ["job_id"],
-            registry=None,
-            buckets=DURATION_BUCKETS,
+            DURATION_BUCKETS,
         )
-        self._lateness = Histogram(
+        self._lateness = _Histogram(
             "task_scheduler_run_lateness_seconds",
             "Seconds each first attempt of this process started after its scheduled time "
             "(a run-now: after it was asked for).",
-            ["job_id"],
-            registry=None,
-            buckets=LATENESS_BUCKETS,
+            LATENESS_BUCKETS,
         )
-        self._children: dict[str, tuple[Histogram, Histogram]] = {}
-        """Per job id: its duration and lateness histograms (labelled children)."""
         self.registry = CollectorRegistry(auto_describe=True)
         """This scheduler's own registry: only its metrics (not the process's default ones)."""
         self.registry.register(self)
@@ -116,16 +148,10 @@ class SchedulerMetrics(Collector):
         started, finished = record.started_at, record.finished_at
         if started is None or finished is None:
             return  # never started (skipped, missed, abandoned): no duration, no lateness
-        job_id = record.job_id
-        children = self._children.get(job_id)
-        if children is None:
-            children = self._children[job_id] = (
-                self._duration.labels(job_id),
-                self._lateness.labels(job_id),
-            )
-        children[0].observe((finished - started).total_seconds())
+        self._duration.observe(record.job_id, (finished - started).total_seconds())
         if record.attempt == 1:  # a retry starts late on purpose (its retry delay)
-            children[1].observe(max(0.0, (started - record.scheduled_at).total_seconds()))
+            lateness = (started - record.scheduled_at).total_seconds()
+            self._lateness.observe(record.job_id, max(0.0, lateness))
 
     # -- at scrape time ------------------------------------------------------------------
 
@@ -216,9 +242,7 @@ class SchedulerMetrics(Collector):
             "1 while this process's scheduler is running, else 0.",
             value=1 if source.state() == "running" else 0,
         )
-        for job_id in list(self._children):
-            if job_id not in known and self._children.pop(job_id, None) is not None:
-                self._duration.remove(job_id)  # a removed job's histograms go with it
-                self._lateness.remove(job_id)
-        yield from self._duration.collect()
-        yield from self._lateness.collect()
+        for histogram in (self._duration, self._lateness):
+            for job_id in [job_id for job_id in histogram.by_job if job_id not in known]:
+                histogram.by_job.pop(job_id, None)  # a removed job's histograms go with it
+            yield histogram.family()

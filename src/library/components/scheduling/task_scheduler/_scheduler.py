@@ -512,8 +512,8 @@ class TaskScheduler:
             lifecycle = self._lifecycle
             self._prometheus = SchedulerMetrics(
                 Source(
-                    jobs=self.get_jobs,
-                    workers=self.get_workers,
+                    jobs=lambda: self.get_jobs(),
+                    workers=lambda: self.get_workers(),
                     job_ids=self._registry.by_id.keys,
                     state=lambda: lifecycle.state,
                     engine_restarts=lambda: lifecycle.engine_restarts,
