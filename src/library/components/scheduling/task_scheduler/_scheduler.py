@@ -537,6 +537,8 @@ class TaskScheduler:
 
     def _look_for_otel(self) -> None:
         """At start: OpenTelemetry's providers, if its API is installed and the app set any."""
+        if self._lifecycle.phase not in (Phase.stopped, Phase.failed):
+            return  # already running (start() refuses): its runs keep their observer
         try:
             from ._otel import observer
         except ImportError as exc:
