@@ -226,3 +226,23 @@ async def test_without_the_otel_api(anyio_backend: str, monkeypatch: pytest.Monk
         run = await scheduler.run_job("tick")
         assert scheduler._executor._observer is None
     assert run.outcome is Outcome.success
+
+
+async def test_prometheus_and_otel_together(anyio_backend: str, telemetry: Telemetry) -> None:
+    """Both on: each attempt is a span and is in the Prometheus histograms."""
+    from prometheus_client import generate_latest
+
+    async def tick() -> None:
+        pass
+
+    scheduler = TaskScheduler()
+    scheduler.interval(hours=1, id="tick")(tick)
+    collector = scheduler.metrics_collector()
+    async with scheduler:
+        await scheduler.run_job("tick")
+        await scheduler.run_job("tick")
+        await collector.refresh()
+        text = generate_latest(collector.registry).decode()
+    assert len(telemetry.runs()) == 2
+    assert 'task_scheduler_run_duration_seconds_count{job_id="tick"} 2.0' in text
+    assert 'task_scheduler_runs_total{job_id="tick",outcome="success"} 2.0' in text

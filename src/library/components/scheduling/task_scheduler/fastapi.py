@@ -14,6 +14,8 @@ how many jobs are stale; the details are under ``GET {prefix}/status``.
 
 On a persistent store the runs, counts and workers these routes report are the cluster's, read
 from the store's database: a store that does not answer (within 5 s) is a 503, not a 500.
+``GET {prefix}/metrics`` serves the scheduler's Prometheus metrics (the ``metrics`` extra:
+without it, a 501 naming the extra), behind the same ``dependencies``.
 
 Every route gets its scheduler from the :func:`get_scheduler` dependency, so tests can
 swap it with ``app.dependency_overrides[get_scheduler] = lambda: other``.
