@@ -428,6 +428,18 @@ def _health(ns: dict[str, Any], backend: str) -> None:
     assert status.workers == 1 and ns["worker"].id == status.worker_id
 
 
+@check("Metrics and tracing (1)")
+def _metrics(ns: dict[str, Any], backend: str) -> None:
+    with TestClient(ns["app"], backend=backend) as client:
+        assert client.get("/scheduler/metrics").status_code == 401
+        token = {"Authorization": "Bearer readme-test-key"}
+        response = client.get("/scheduler/metrics", headers=token)
+        assert response.status_code == 200, response.text
+        assert "task_scheduler_up 1.0" in response.text
+        runs = 'task_scheduler_runs_total{job_id="sync-orders",outcome="success"} 0.0'
+        assert runs in response.text, response.text
+
+
 @check("Testing your jobs")
 def _testing(ns: dict[str, Any], backend: str) -> None:
     anyio.run(ns["test_heartbeat"], backend=backend)
@@ -570,9 +582,37 @@ def _basic_config(block: Block, tmp_path: Path) -> None:
         assert f"INFO {PACKAGE_LOGGER}: " in line, line
 
 
+def json_objects(text: str) -> list[Any]:
+    """The JSON documents printed one after another (the console exporters' output)."""
+    decoder, found, index = json.JSONDecoder(), [], 0
+    while (index := text.find("{", index)) != -1:
+        document, index = decoder.raw_decode(text, index)
+        found.append(document)
+    return found
+
+
+def _otel_console(block: Block, tmp_path: Path) -> None:
+    """The console exporters print the run's span, with the job's own span as its child,
+    and the run metrics (the SDK exports what is left when the process exits)."""
+    result = subprocess.run(
+        [sys.executable, "-c", block.source], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    documents = json_objects(result.stdout)
+    spans = {doc["name"]: doc for doc in documents if "context" in doc}
+    run, child = spans["task_scheduler.run"], spans["build report"]
+    assert run["attributes"]["task_scheduler.job_id"] == "report"
+    assert run["attributes"]["task_scheduler.outcome"] == "success"
+    assert child["parent_id"] == run["context"]["span_id"]
+    exported = json.dumps([doc for doc in documents if "resource_metrics" in doc])
+    for name in ("task_scheduler.runs", "task_scheduler.run.duration"):
+        assert f'"{name}"' in exported, result.stdout
+
+
 SUBPROCESS: dict[str, Callable[[Block, Path], None]] = {
     "On trio, or without a web framework": _trio,
     "Logging (1)": _basic_config,
+    "Metrics and tracing (3)": _otel_console,
 }
 
 

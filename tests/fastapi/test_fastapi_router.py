@@ -634,6 +634,7 @@ GUARDED_ROUTES = [
     ("GET", "/scheduler/workers", 200),
     ("GET", "/scheduler/status", 200),
     ("GET", "/scheduler/dashboard", 200),
+    ("GET", "/scheduler/metrics", 200),
     ("DELETE", "/scheduler/jobs/tick", 204),  # last: it removes the job
 ]
 
@@ -893,6 +894,7 @@ OPERATIONS = {
     ),
     ("get", "/scheduler/workers"): ("scheduler_list_workers", {"200", "401", "403", "503"}),
     ("get", "/scheduler/status"): ("scheduler_status", {"200", "401", "403", "503"}),
+    ("get", "/scheduler/metrics"): ("scheduler_metrics", {"200", "401", "403", "501", "503"}),
     ("get", "/scheduler/health"): ("scheduler_health", {"200", "503"}),
     ("get", "/scheduler/dashboard"): ("scheduler_dashboard", {"200", "304", "401", "403", "503"}),
 }

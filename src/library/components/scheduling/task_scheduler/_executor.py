@@ -37,7 +37,7 @@ from ._jobs import JobSpec
 from ._log import logger
 from ._models import Outcome
 from ._registry import JobRegistry, JobRuntime
-from ._runs import OUTCOME_INDEX, RunRecord, log_run, next_seq, retry_delay
+from ._runs import OUTCOME_INDEX, RunObserver, RunRecord, log_run, next_seq, retry_delay
 
 if TYPE_CHECKING:
     from ._depends import DependencyOverrides
@@ -85,6 +85,8 @@ class TaskExecutor(JobExecutor):
         """Called with every finished attempt (the hook dispatcher)."""
         self._recorder = recorder
         """Records each attempt's start and end for the cluster (persistent stores)."""
+        self._observer: RunObserver | None = None
+        """Metrics and tracing of each attempt (None, and no cost, while both are off)."""
         self._thread_limit = thread_limit
         self._overrides = overrides
         """Dependency overrides, for jobs with ``Depends`` parameters."""
@@ -103,6 +105,10 @@ class TaskExecutor(JobExecutor):
         return self._in_progress
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    def observe(self, observer: RunObserver | None) -> None:
+        """Tell ``observer`` of every attempt from now on (None: of none)."""
+        self._observer = observer
 
     def open(self) -> None:
         """Called by the lifecycle in its event loop before the engine starts."""
@@ -407,6 +413,8 @@ class TaskExecutor(JobExecutor):
         record.started_at = utcnow()
         if self._recorder is not None:
             self._recorder.started(record, fire_id)
+        if self._observer is not None:
+            self._observer.started(record)
         try:
             if timeout is None:
                 await self._call(spec)
@@ -522,3 +530,5 @@ class TaskExecutor(JobExecutor):
                 self._recorder.finished(record)
         if self._on_finished is not None:
             self._on_finished(record)
+        if self._observer is not None:
+            self._observer.finished(record, exc)

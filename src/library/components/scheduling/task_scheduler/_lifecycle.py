@@ -28,11 +28,13 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from enum import Enum
+from functools import partial
 from types import TracebackType
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -167,6 +169,21 @@ class Lifecycle:
         if self.phase is Phase.starting or self.phase is Phase.running:
             return self.engine
         return None
+
+    def spawn(self, func: Callable[[], Coroutine[Any, Any, None]], name: str) -> bool:
+        """Start ``func`` in the scheduler's task group, from any thread; False (nothing
+        started) unless running. A metrics collector scraped elsewhere refreshes itself so."""
+        task_group, token = self.task_group, self._loop_token
+        if task_group is None or token is None or self.phase is not Phase.running:
+            return False
+        if threading.get_ident() == self._loop_thread:
+            task_group.start_soon(func, name=name)
+            return True
+        try:
+            anyio.from_thread.run_sync(partial(task_group.start_soon, func, name=name), token=token)
+        except anyio.RunFinishedError:
+            return False
+        return True
 
     # -- start -----------------------------------------------------------------------
 

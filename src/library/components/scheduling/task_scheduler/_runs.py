@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import count
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from ._log import logger
@@ -86,6 +87,19 @@ class RunRecord:
             error_message=self.error_message,
             worker=worker,
         )
+
+
+class RunObserver(Protocol):
+    """Told of each attempt this process runs (metrics, tracing), in the attempt's own task.
+
+    ``started`` when the attempt starts (just before the job is called), ``finished`` when
+    it is recorded: also for fires that never started (skipped, missed, abandoned), which
+    have no ``started`` call. Both are cheap and never raise.
+    """
+
+    def started(self, record: RunRecord) -> None: ...
+
+    def finished(self, record: RunRecord, exc: BaseException | None) -> None: ...
 
 
 def run_info(

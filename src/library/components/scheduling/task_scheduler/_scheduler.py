@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -26,7 +27,13 @@ from ._backend import make_backend
 from ._clock import utcnow
 from ._config import SchedulerConfig
 from ._depends import DependencyOverrides
-from ._errors import DuplicateJobError, InvalidTypeError, InvalidValueError, SchedulerStateError
+from ._errors import (
+    DuplicateJobError,
+    InvalidTypeError,
+    InvalidValueError,
+    MissingDependencyError,
+    SchedulerStateError,
+)
 from ._executor import TaskExecutor
 from ._history import History, JobFacts, LocalHistory, Worker
 from ._hooks import HookDispatcher, RunHook
@@ -34,15 +41,20 @@ from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
 from ._lifecycle import Lifecycle, Phase
 from ._models import JobInfo, Outcome, RunInfo, SchedulerState, SchedulerStatus, WorkerInfo
 from ._registry import JobRegistry, JobRuntime
+from ._runs import RunObserver, RunRecord
 from ._triggers import CronSpec, DateSpec, IntervalSpec, TriggerSpec, as_aware
 
 if TYPE_CHECKING:
+    from ._metrics import SchedulerMetrics
+
     if sys.version_info >= (3, 11):
         from typing import Unpack
     else:
         from typing_extensions import Unpack
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+METRICS_EXTRA = 'pip install "fastapi-task-scheduler[metrics]"'
 
 PREVIEW_SKIP_LIMIT = 100_000
 
@@ -85,6 +97,8 @@ class TaskScheduler:
         self._local = LocalHistory(
             self._registry, self._tz, self._worker, self._lifecycle.worker_status
         )
+        self._prometheus: SchedulerMetrics | None = None
+        self._otel: RunObserver | None = None
 
     def _history(self) -> History:
         """The cluster's history while a persistent store is open, else this process's."""
@@ -498,6 +512,64 @@ class TaskScheduler:
         self._hooks.add(callback)
         return callback
 
+    def metrics_collector(self) -> SchedulerMetrics:
+        """This scheduler's Prometheus collector (the same one every call), in a registry of
+        its own (``.registry``): what ``GET {prefix}/metrics`` serves.
+
+        To serve it from an app's existing ``/metrics`` as well, register it in that registry:
+        ``prometheus_client.REGISTRY.register(scheduler.metrics_collector())``. The run
+        histograms count this process's runs from the first call on.
+        :class:`MissingDependencyError` without ``prometheus_client`` (the ``metrics`` extra).
+        """
+        if self._prometheus is None:
+            try:
+                from ._metrics import SchedulerMetrics, Source
+            except ImportError as exc:
+                if not (exc.name or "").startswith("prometheus_client"):
+                    raise
+                raise MissingDependencyError(
+                    f"Prometheus metrics need prometheus_client: {METRICS_EXTRA}"
+                ) from exc
+            lifecycle = self._lifecycle
+            self._prometheus = SchedulerMetrics(
+                Source(
+                    jobs=lambda: self.get_jobs(),
+                    workers=lambda: self.get_workers(),
+                    job_ids=self._registry.by_id.keys,
+                    state=lambda: lifecycle.state,
+                    engine_restarts=lambda: lifecycle.engine_restarts,
+                    spawn=lambda func: lifecycle.spawn(func, "task_scheduler metrics refresh"),
+                    clock=time.monotonic,
+                )
+            )
+            self._observe()
+        return self._prometheus
+
+    def _observe(self) -> None:
+        """Hand the executor what observes each run: Prometheus' histograms once asked for,
+        OpenTelemetry when its providers were set at start; nothing (no cost) otherwise."""
+        observers = [found for found in (self._prometheus, self._otel) if found is not None]
+        if not observers:
+            self._executor.observe(None)
+        elif len(observers) == 1:
+            self._executor.observe(observers[0])
+        else:
+            self._executor.observe(_Observers(observers))
+
+    def _look_for_otel(self) -> None:
+        """At start: OpenTelemetry's providers, if its API is installed and the app set any."""
+        if self._lifecycle.phase not in (Phase.stopped, Phase.failed):
+            return  # already running (start() refuses): its runs keep their observer
+        try:
+            from ._otel import observer
+        except ImportError as exc:
+            if not (exc.name or "").startswith("opentelemetry"):
+                raise
+            self._otel = None
+        else:
+            self._otel = observer()
+        self._observe()
+
     async def get_status(self) -> SchedulerStatus:
         """The scheduler's state, engine restarts and last engine error, run counts, stale
         jobs (judged by the cluster's last successes on a persistent store) and workers."""
@@ -555,6 +627,7 @@ class TaskScheduler:
 
     async def start(self) -> None:
         """Start running jobs. Call :meth:`shutdown` later *from the same task*."""
+        self._look_for_otel()
         await self._lifecycle.start()
 
     async def shutdown(self) -> None:
@@ -576,6 +649,7 @@ class TaskScheduler:
         self._lifecycle.request_stop()
 
     async def __aenter__(self) -> TaskScheduler:
+        self._look_for_otel()
         await self._lifecycle.start(cancel_owner_on_stop_request=True)
         return self
 
@@ -603,3 +677,18 @@ class TaskScheduler:
                 await self.shutdown()
         finally:
             self._overrides.app = None
+
+
+class _Observers:
+    """Several run observers as one (Prometheus and OpenTelemetry both on)."""
+
+    def __init__(self, observers: list[RunObserver]) -> None:
+        self._observers = observers
+
+    def started(self, record: RunRecord) -> None:
+        for observer in self._observers:
+            observer.started(record)
+
+    def finished(self, record: RunRecord, exc: BaseException | None) -> None:
+        for observer in self._observers:
+            observer.finished(record, exc)

@@ -20,6 +20,8 @@ run or remove a job from another site (cross-site request forgery). Without it: 
 
 On a persistent store the runs, counts and workers these routes report are the cluster's, read
 from the store's database: a store that does not answer (within 5 s) is a 503, not a 500.
+``GET {prefix}/metrics`` serves the scheduler's Prometheus metrics (the ``metrics`` extra:
+without it, a 501 naming the extra), behind the same ``dependencies``.
 
 Every route gets its scheduler from the :func:`get_scheduler` dependency, so tests can
 swap it with ``app.dependency_overrides[get_scheduler] = lambda: other``.
@@ -40,7 +42,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
 from . import _dashboard
-from ._errors import InvalidTypeError, JobNotFoundError, SchedulerStateError
+from ._errors import (
+    InvalidTypeError,
+    JobNotFoundError,
+    MissingDependencyError,
+    SchedulerStateError,
+)
 from ._models import JobInfo, Outcome, RunInfo, SchedulerStatus, WorkerInfo
 from ._scheduler import TaskScheduler
 
@@ -155,6 +162,7 @@ _ERRORS: dict[int, str] = {
     403: "Credentials refused (by the router's `dependencies`).",
     404: "No job has this id; the detail names it, and any ids close to it.",
     409: "The job is at its max_instances limit, or the scheduler is not running.",
+    501: "prometheus_client is not installed: the detail names the extra that brings it.",
     503: "No scheduler is configured; or the scheduler's store is unavailable (it refused the "
     "connection, or did not answer within 5 s): the detail says which.",
 }
@@ -259,7 +267,7 @@ def create_scheduler_router(
     dashboard: bool = True,
 ) -> APIRouter:
     """Routes to list, inspect, pause, resume, run and remove jobs, list runs and workers,
-    and to check health; and a dashboard page over them.
+    serve Prometheus metrics, check health; and a dashboard page over them.
 
     ``scheduler`` defaults to the one :func:`get_scheduler` finds per request.
     ``dependencies`` (e.g. an API-key check) guard every route except ``{prefix}/health``;
@@ -271,6 +279,11 @@ def create_scheduler_router(
     if scheduler is not None and not isinstance(scheduler, TaskScheduler):
         raise InvalidTypeError(f"scheduler must be a TaskScheduler, got {scheduler!r}")
     explicit = scheduler
+    if explicit is not None:
+        try:
+            explicit.metrics_collector()  # its histograms count runs from now, not the 1st scrape
+        except MissingDependencyError:
+            pass  # /metrics answers 501, saying which extra to install
 
     async def bind_scheduler(connection: HTTPConnection) -> None:
         # Route-level dependencies are solved before the endpoint's own, so get_scheduler
@@ -488,6 +501,33 @@ def create_scheduler_router(
     async def list_workers(scheduler: SchedulerDep) -> list[WorkerInfo]:
         with _answers():
             return await scheduler.get_workers()
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        operation_id="scheduler_metrics",
+        summary="Prometheus metrics: runs, durations, lateness, next runs, workers",
+        description="The Prometheus text format (needs the `metrics` extra). Runs per job and "
+        "outcome are the cluster's cumulative counts on a persistent store (the same from "
+        "every worker); the duration and lateness histograms count this process's runs.",
+        dependencies=guarded,
+        responses={
+            200: {
+                "description": "The metrics, in the Prometheus text format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **_responses(501, 503, guarded=is_guarded),
+        },
+    )
+    async def metrics(scheduler: SchedulerDep) -> Response:
+        try:
+            collector = scheduler.metrics_collector()
+        except MissingDependencyError as exc:
+            raise HTTPException(status_code=501, detail=str(exc)) from None
+        with _answers():
+            await collector.refresh()
+        body, content_type = collector.exposition()
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 
     @router.get(
         "/health",
