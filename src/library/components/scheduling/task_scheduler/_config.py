@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._errors import InvalidValueError
-from ._urls import parse_broker_url, parse_store_url
+from ._urls import parse_broker_url, parse_store_url, redact
 
 
 class JobDefaults(BaseModel):
@@ -111,6 +112,15 @@ class SchedulerConfig(BaseModel):
     connect_timeout: float = Field(
         10.0, gt=0, description="Seconds start() waits for a store or broker server to answer."
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() show the URLs without their passwords (model_dump keeps them:
+        # it is the data, not a message).
+        for name, value in super().__repr_args__():
+            if name in ("store", "event_broker") and isinstance(value, str):
+                yield name, redact(value)
+            else:
+                yield name, value
 
     @field_validator("timezone")
     @classmethod

@@ -38,7 +38,15 @@ def definition(spec: JobSpec) -> dict[str, Any]:
         "kwargs": spec.kwargs,
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-    return {"v": 1, "declared": spec.declared, "fingerprint": digest[:32], **body}
+    return {
+        "v": 1,
+        "declared": spec.declared,
+        "fingerprint": digest[:32],
+        # The zone its trigger reads wall-clock times in (for readers without the code:
+        # the task-scheduler command); outside the fingerprint, as it was added later.
+        "timezone": spec.trigger.tz.key,
+        **body,
+    }
 
 
 def as_metadata(spec: JobSpec) -> dict[str, str]:
