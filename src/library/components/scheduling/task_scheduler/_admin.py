@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import os
 import platform
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ from ._reconcile import stored_definition
 from ._runs import QUEUED_RUN_KEY
 from ._triggers import spec_from_dict
 from ._urls import StoreURL, parse_store_url
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:  # SQLAlchemy and APScheduler's SQL store: only persistent stores load them
     from apscheduler import Schedule
@@ -153,16 +157,22 @@ class StoreAdmin:
 
         store = admin_store(url)
         tz = ZoneInfo(validate_timezone(timezone))
-        async with AsyncExitStack() as stack:
-            data_store = await open_admin_store(
-                store, event_broker, connect_timeout=connect_timeout, exit_stack=stack
-            )
-            if data_store is None:
-                raise StoreUnavailableError(
-                    f"the store {store.display} holds no task scheduler tables: no scheduler "
-                    f"has started on it yet (is it the store the app uses?)"
+        try:
+            async with AsyncExitStack() as stack:
+                data_store = await open_admin_store(
+                    store, event_broker, connect_timeout=connect_timeout, exit_stack=stack
                 )
-            yield cls(store, data_store, tz)
+                if data_store is None:
+                    raise StoreUnavailableError(
+                        f"the store {store.display} holds no task scheduler tables: no "
+                        f"scheduler has started on it yet (is it the store the app uses?)"
+                    )
+                yield cls(store, data_store, tz)
+        except BaseExceptionGroup as group:
+            # The Redis broker's task group wraps what the block raised: raise it as it was.
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
 
     # -- jobs -----------------------------------------------------------------------------
 

@@ -178,15 +178,19 @@ async def open_admin_store(
     from .serializer import SafeJSONSerializer
     from .sqlstore import SQLStore
 
+    if store.kind == "sqlite" and not await anyio.Path(urlsplit(store.url).path[1:]).is_file():
+        # Connecting would create an empty database there.
+        raise StoreUnavailableError(f"the SQLite store {store.display} does not exist")
     engine = await _connect_engine(store, connect_timeout, exit_stack)
     event_broker: EventBroker
     if broker_url:
         event_broker = await _redis_broker(broker_url, connect_timeout)
+        await event_broker.start(exit_stack, logger)
     elif store.kind == "postgresql":
+        # Neither is started: with nobody subscribed here, publishing needs no task group.
         event_broker = NotifyPublisher(engine=engine, channel=notify_channel(store))
     else:
         event_broker = LocalEventBroker()  # SQLite: the workers poll
-    await event_broker.start(exit_stack, logger)
     data_store = SQLStore(engine, schema=store.schema, serializer=SafeJSONSerializer())
     try:
         with anyio.fail_after(connect_timeout):
