@@ -50,7 +50,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
-    session.install("-e", ".[trio,sqlite,postgres,redis]", "mypy==2.4.1")
+    session.install("-e", ".[trio,sqlite,postgres,redis,cli]", "mypy==2.4.1")
     session.run("mypy", "--strict", "-p", PACKAGE)
 
 

@@ -79,6 +79,26 @@ async def test_a_queued_run_waits_for_a_worker_and_runs_when_one_starts(store: s
         assert done.last.scheduled_at == queued.requested_at  # its request time
 
 
+async def test_without_a_live_worker_run_wait_times_out_and_status_fails(store: str) -> None:
+    async with scheduler_on(store):
+        pass
+    code, out, err = await anyio.to_thread.run_sync(
+        invoke, "--store", store, "run", "quick", "--wait", "--timeout", "1"
+    )
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        "task-scheduler: warning: no live worker: the run of 'quick' waits in the store's "
+        "queue until one starts",
+        "task-scheduler: error: the run of job 'quick' (fire id "
+        + err.split("(fire id ")[1].split(")")[0]
+        + ") is still queued after 1 s",
+    ]
+    code, out, err = await anyio.to_thread.run_sync(invoke, "--store", store, "status")
+    assert code == 1 and err == ""
+    assert "healthy:    no: no live worker (none has beaten its heart in 10 s)" in out
+    assert "queued:     1" in out
+
+
 async def test_a_paused_job_runs_when_asked_and_stays_paused(store: str) -> None:
     async with scheduler_on(store, paused=True) as worker, StoreAdmin.open(store) as admin:
         assert (await admin.job("quick")).paused

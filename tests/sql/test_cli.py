@@ -286,6 +286,8 @@ def test_workers_lists_the_live_worker(cluster: Cluster) -> None:
         (cluster.worker_id, cluster.process.pid)
     ]
     assert workers[0]["state"] == "running"
+    after_command = json.loads(invoke("workers", "--json", store=cluster.url).stdout)
+    assert [worker["id"] for worker in after_command] == [cluster.worker_id]
     lines = invoke("workers", store=cluster.url).stdout.splitlines()
     assert lines[0].split() == ["ID", "STATE", "STARTED", "LAST", "SEEN", "RUNNING"]
     assert lines[1].split()[:2] == [cluster.worker_id, "running"]
