@@ -248,3 +248,16 @@ def test_the_env_store_is_used_and_not_shown(monkeypatch: pytest.MonkeyPatch) ->
     code, _, err = invoke("workers")
     assert code == 3 and "postgresql://app:***@127.0.0.1" in err and PASSWORD not in err
     assert os.environ["TASK_SCHEDULER_STORE"] == url
+
+
+async def test_workers_on_a_redis_broker_hear_the_admin_through_it(
+    pg_url: str, redis_url: str
+) -> None:
+    config = SchedulerConfig(store=pg_url, event_broker=redis_url, shutdown_timeout=2)
+    worker = TaskScheduler(config)
+    worker.interval(hours=1, id="quick")(quick)
+    async with worker, StoreAdmin.open(pg_url, event_broker=redis_url) as admin:
+        done = await admin.wait(await admin.run("quick"), 15)
+        assert done.last is not None and done.last.outcome is Outcome.success
+        with pytest.raises(JobNotFoundError):  # raised as it is, not in an exception group
+            await admin.job("quik")
