@@ -12,6 +12,8 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -261,3 +263,22 @@ async def test_workers_on_a_redis_broker_hear_the_admin_through_it(
         assert done.last is not None and done.last.outcome is Outcome.success
         with pytest.raises(JobNotFoundError):  # raised as it is, not in an exception group
             await admin.job("quik")
+
+
+def test_an_unexpected_error_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"postgresql://app:{PASSWORD}@db.internal/myapp"
+
+    @asynccontextmanager
+    async def failing(*args: object, **kwargs: object) -> AsyncIterator[StoreAdmin]:
+        raise RuntimeError(f"a driver quoting {url}")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(StoreAdmin, "open", failing)
+    assert invoke("--store", url, "jobs") == (
+        1,
+        "",
+        "task-scheduler: error: unexpected RuntimeError: a driver quoting "
+        "postgresql://app:***@db.internal/myapp\n",
+    )

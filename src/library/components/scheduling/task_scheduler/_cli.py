@@ -127,7 +127,8 @@ def call(settings: Settings, action: Callable[[StoreAdmin], Awaitable[T]]) -> T:
             fail(settings, str(exc), USAGE)
         if isinstance(exc, TaskSchedulerError):
             fail(settings, str(exc), FAILED)
-        raise
+        # Anything else is a bug: said in one line, as a traceback could quote a password.
+        fail(settings, f"unexpected {type(exc).__name__}: {exc}", FAILED)
 
 
 def emit(settings: Settings, data: Any, text: str) -> None:

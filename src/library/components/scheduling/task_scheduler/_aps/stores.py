@@ -19,7 +19,12 @@ from apscheduler import Event
 from apscheduler.abc import EventBroker
 from apscheduler.eventbrokers.local import LocalEventBroker
 
-from .._errors import MissingDependencyError, StoreUnavailableError, UnsupportedError
+from .._errors import (
+    InvalidValueError,
+    MissingDependencyError,
+    StoreUnavailableError,
+    UnsupportedError,
+)
 from .._urls import StoreURL, without_password
 from .memstore import MemoryStore
 
@@ -135,7 +140,12 @@ async def _connect_engine(
     connect_args: dict[str, Any] = {}
     if store.kind == "postgresql":
         connect_args["timeout"] = connect_timeout
-    engine = create_async_engine(store.sqlalchemy_url, connect_args=connect_args)
+    try:
+        engine = create_async_engine(store.sqlalchemy_url, connect_args=connect_args)
+    except Exception as exc:  # SQLAlchemy quotes a URL it cannot use, password and all
+        raise InvalidValueError(
+            f"cannot use the store {store.display}: {_first_line(exc, store)}"
+        ) from None
     exit_stack.push_async_callback(engine.dispose)
     try:
         with anyio.fail_after(connect_timeout):
