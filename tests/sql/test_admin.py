@@ -101,6 +101,19 @@ async def test_without_a_live_worker_run_wait_times_out_and_status_fails(store: 
     assert "queued:     1" in out
 
 
+async def test_a_queued_run_older_than_the_misfire_grace_time_is_missed(store: str) -> None:
+    async with scheduler_on(store, misfire_grace_time=0.5):
+        pass
+    async with StoreAdmin.open(store) as admin:
+        queued = await admin.run("quick")
+        await anyio.sleep(1.0)  # no worker: it waits past its grace time
+        async with scheduler_on(store, misfire_grace_time=0.5):
+            done = await admin.wait(queued, 15)
+    assert done.done and done.last is not None and done.last.outcome is Outcome.missed
+    assert done.last.started_at is None
+    assert "misfire_grace_time is 0.5 s" in (done.last.error_message or "")
+
+
 async def test_a_paused_job_runs_when_asked_and_stays_paused(store: str) -> None:
     async with scheduler_on(store, paused=True) as worker, StoreAdmin.open(store) as admin:
         assert (await admin.job("quick")).paused
