@@ -72,7 +72,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
-    session.install("-e", ".[trio,sqlite,postgres,redis,metrics,otel]", "mypy==2.4.1")
+    session.install("-e", ".[trio,sqlite,postgres,redis,metrics,otel,cli]", "mypy==2.4.1")
     session.run("mypy", "--strict", "-p", PACKAGE)
 
 

@@ -155,3 +155,17 @@ def test_the_optional_modules_are_imported_lazily_by_the_facade(module: str) -> 
     ]
     assert module not in top_level, f"_scheduler imports {module} at import time"
     assert package_imports(module) <= OBSERVERS_MAY_IMPORT, package_imports(module)
+
+
+RUNS_JOBS = {"_scheduler", "_lifecycle", "_backend", "_executor", "_hooks"}
+"""The modules that run jobs: what sees a store from outside must not need them."""
+
+
+def test_the_store_seen_from_outside_runs_nothing() -> None:
+    """``_admin`` (the task-scheduler command's view of a store) starts no engine, claims
+    nothing, and never imports what runs jobs; ``_cli`` stands on ``_admin`` alone."""
+    assert package_imports("_admin") & RUNS_JOBS == set()
+    assert "_aps.stores" in package_imports("_admin")
+    assert package_imports("_cli") - BOTTOM == {"_admin"}
+    assert package_imports("__main__") - BOTTOM == {"_cli"}
+    assert "_admin" not in {dep for name in RUNS_JOBS for dep in package_imports(name)}

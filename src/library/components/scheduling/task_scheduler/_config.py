@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._errors import InvalidValueError
-from ._urls import parse_broker_url, parse_store_url
+from ._urls import parse_broker_url, parse_store_url, redact
 
 DEFAULT_NAMESPACE = "default"
 """The namespace of jobs stored before namespaces existed, and of every app that sets none."""
@@ -123,6 +124,15 @@ class SchedulerConfig(BaseModel):
         "takes over only its own namespace's jobs added at run time. Every worker of one "
         "app uses the same value.",
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() show the URLs without their passwords (model_dump keeps them:
+        # it is the data, not a message).
+        for name, value in super().__repr_args__():
+            if name in ("store", "event_broker") and isinstance(value, str):
+                yield name, redact(value)
+            else:
+                yield name, value
 
     @field_validator("timezone")
     @classmethod

@@ -37,7 +37,15 @@ from ._jobs import JobSpec
 from ._log import logger
 from ._models import Outcome
 from ._registry import JobRegistry, JobRuntime
-from ._runs import OUTCOME_INDEX, RunObserver, RunRecord, log_run, next_seq, retry_delay
+from ._runs import (
+    OUTCOME_INDEX,
+    QUEUED_RUN_KEY,
+    RunObserver,
+    RunRecord,
+    log_run,
+    next_seq,
+    retry_delay,
+)
 
 if TYPE_CHECKING:
     from ._depends import DependencyOverrides
@@ -256,7 +264,10 @@ class TaskExecutor(JobExecutor):
         # By schedule id, which is our job id on every store; the task id is the job id on
         # persistent stores only (on the memory store, every job is scheduled under one task).
         schedule_id = job.schedule_id
-        runtime = None if schedule_id is None else self._jobs.get(schedule_id)
+        if schedule_id is None:
+            await self._run_queued(job)  # never a scheduled fire: those have a schedule
+            return
+        runtime = self._jobs.get(schedule_id)
         if runtime is None:
             runtime = self._adopt(job) if self._adopt is not None else None
             if runtime is None:
@@ -304,7 +315,49 @@ class TaskExecutor(JobExecutor):
         self._hold(runtime, record)
         await self._run_fire(runtime, record, str(job.id))
 
-    def _missed(self, runtime: JobRuntime, record: RunRecord, grace: float) -> bool:
+    async def _run_queued(self, job: Job) -> None:
+        """A run-now queued in the store from outside (``task-scheduler run``): run it here,
+        under the job's rules as a run-now (a paused job runs too; at ``max_instances`` it
+        is ``skipped``), ``missed`` if it waited in the queue longer than the job's
+        ``misfire_grace_time``. Every attempt carries the engine job's id as its fire id:
+        whoever asked finds the runs by it, and a survivor finishes the one in progress if
+        this process dies."""
+        requested_by = job.metadata.get(QUEUED_RUN_KEY) if job.metadata else None
+        if requested_by is None:
+            return  # not ours: we queue no other unscheduled jobs
+        runtime = self._jobs.get(job.task_id)
+        if runtime is None:
+            runtime = self._adopt(job) if self._adopt is not None else None
+            if runtime is None:
+                logger.warning(
+                    "run-now of job %r requested by %s: no such job here, not run",
+                    job.task_id,
+                    requested_by,
+                )
+                return
+        options = runtime.spec.options
+        fire_id = str(job.id)
+        record = RunRecord(next_seq(), runtime.spec.id, 1, job.created_at)
+        if self._draining:
+            message = "not started: the scheduler is shutting down"
+        elif runtime.running >= options.max_instances:
+            message = (
+                f"{runtime.running} run(s) in progress, max_instances is {options.max_instances}"
+            )
+        else:
+            grace = options.misfire_grace_time
+            if grace is not None and self._missed(runtime, record, grace, fire_id):
+                return
+            logger.info("job %r: run-now requested by %s", runtime.spec.id, requested_by)
+            self._hold(runtime, record)
+            await self._run_fire(runtime, record, fire_id, every_attempt=True)
+            return
+        record.finished_at = utcnow()
+        self._finish(runtime, record, Outcome.skipped, None, message, record_fire=fire_id)
+
+    def _missed(
+        self, runtime: JobRuntime, record: RunRecord, grace: float, fire_id: str | None = None
+    ) -> bool:
         """Record the fire as ``missed`` if it is later than ``grace`` seconds now."""
         now = utcnow()
         late = (now - record.scheduled_at).total_seconds()
@@ -312,7 +365,7 @@ class TaskExecutor(JobExecutor):
             return False
         record.finished_at = now
         message = f"started {late:.3f} s late, misfire_grace_time is {grace} s"
-        self._finish(runtime, record, Outcome.missed, None, message)
+        self._finish(runtime, record, Outcome.missed, None, message, record_fire=fire_id)
         return True
 
     @staticmethod
@@ -355,17 +408,25 @@ class TaskExecutor(JobExecutor):
             await anyio.sleep(random.uniform(0, limit))
 
     async def _run_fire(
-        self, runtime: JobRuntime, record: RunRecord, fire_id: str | None = None
+        self,
+        runtime: JobRuntime,
+        record: RunRecord,
+        fire_id: str | None = None,
+        *,
+        every_attempt: bool = False,
     ) -> RunRecord:
         """All attempts of one fire (:meth:`_hold` counted it); returns the last attempt.
 
         ``fire_id``: the engine job's id, for a scheduled fire (the history finishes its
-        run as ``abandoned`` by that id if this process dies while running it).
+        run as ``abandoned`` by that id if this process dies while running it); for the
+        first attempt only, unless ``every_attempt`` (a queued run-now: its caller follows
+        its attempts by that id).
         """
         try:
             while True:
                 delay = await self._attempt(runtime, record, fire_id)
-                fire_id = None  # retries are new attempts, run by this process
+                if not every_attempt:
+                    fire_id = None  # retries are new attempts, run by this process
                 if delay is None:
                     return record
                 record = RunRecord(
@@ -375,7 +436,11 @@ class TaskExecutor(JobExecutor):
                 if not await self._retry_wait(delay):
                     runtime.drop_active(record)
                     record.finished_at = utcnow()
-                    self._finish(runtime, record, Outcome.cancelled, None, "scheduler stopped")
+                    message = "scheduler stopped"
+                    self._finish(
+                        runtime, record, Outcome.cancelled, None, message,
+                        record_fire=fire_id if every_attempt else None,
+                    )  # fmt: skip
                     return record
         finally:
             self._release(runtime)
@@ -499,10 +564,13 @@ class TaskExecutor(JobExecutor):
         error_type: str | None = None,
         retry_in: float | None = None,
         fire_id: str | None = None,
+        record_fire: str | None = None,
     ) -> None:
         """Record a finished attempt: history, counts, the log line, the hooks.
 
         ``retry_in``: seconds until the retry that follows it (None: none follows).
+        ``fire_id``: a dead process's run, found by this one; ``record_fire``: the fire id
+        of a queued run-now's attempt that never started.
         """
         record.outcome = outcome
         if exc is not None:
@@ -527,7 +595,7 @@ class TaskExecutor(JobExecutor):
             if fire_id is not None:  # a dead process's run: its row is finished by fire id
                 self._recorder.abandoned(record, fire_id)
             else:
-                self._recorder.finished(record)
+                self._recorder.finished(record, record_fire)
         if self._on_finished is not None:
             self._on_finished(record)
         if self._observer is not None:

@@ -52,6 +52,7 @@ from ._hooks import HookDispatcher
 from ._log import logger
 from ._models import SchedulerState, WorkerState
 from ._registry import JobRegistry
+from ._urls import redact
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -241,7 +242,11 @@ class Lifecycle:
             raise
         self._exit_stack = stack
         self.task_group = task_group
-        logger.info("task scheduler started with %d job(s)", len(self._registry))
+        logger.info(
+            "task scheduler started with %d job(s) on store %s",
+            len(self._registry),
+            redact(self._config.store),
+        )
 
     async def _supervise(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         """Run the engine; restart it with backoff if it crashes (trap 6), then give up."""

@@ -45,6 +45,9 @@ def definition(spec: JobSpec, namespace: str = DEFAULT_NAMESPACE) -> dict[str, A
         "declared": spec.declared,
         "ns": namespace,
         "fingerprint": digest[:32],
+        # The zone its trigger reads wall-clock times in (for readers without the code:
+        # the task-scheduler command); outside the fingerprint, as it was added later.
+        "timezone": spec.trigger.tz.key,
         **body,
     }
 

@@ -24,6 +24,11 @@ RUN_ID_PREFIX = secrets.token_hex(4)
 next_seq = count(1).__next__
 """The next run number of this process (every scheduler of the process draws from it)."""
 
+QUEUED_RUN_KEY = "task_scheduler_run_now"
+"""Metadata key of an engine job that asks the live workers for a run-now (queued in a
+persistent store from outside any scheduler, by the ``task-scheduler`` command): its value
+says who asked. Such a job has no schedule; the worker that takes it runs the job once."""
+
 RETRY_DELAY_CAP = 300.0
 """Seconds: exponential retry backoff never waits longer than this."""
 
