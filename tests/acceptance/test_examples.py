@@ -60,7 +60,7 @@ fastapi_app.app.dependency_overrides[fastapi_app.get_report_db] = fake_db
 with TestClient(fastapi_app.app) as client:
     run = client.post(
         "/scheduler/jobs/weekday_report/run?wait=true",
-        headers={"X-API-Key": fastapi_app.API_KEY},
+        headers={"X-API-Key": fastapi_app.API_KEY, "X-Task-Scheduler": "1"},
     )
 assert run.json()["outcome"] == "success", run.text
 assert closed == [True], closed
