@@ -118,3 +118,11 @@ def test_the_adapter_layer_imports_only_downwards(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(BOTTOM))
 def test_the_bottom_modules_import_nothing_above_them(name: str) -> None:
     assert package_imports(name) <= {"_errors"}
+
+
+def test_virtual_time_is_imported_by_testing_only() -> None:
+    """Virtual time costs nothing unless a test enters it: only ``testing`` imports
+    ``_virtual``; the engine, executor and lifecycle know a clock through ``_clock`` alone."""
+    importers = sorted(name for name in MODULES if "_virtual" in package_imports(name))
+    assert importers == ["testing"]
+    assert package_imports("_virtual") <= BOTTOM
