@@ -329,7 +329,9 @@ class VirtualTime(Clock):
         watch = self._watch
         if watch is not None:
             deadline = anyio.current_time() + self.stall_timeout
-            if deadline - watch.deadline > 0.5:  # moved only now and then: it costs a timer
+            # Moved only now and then (each move costs a timer): the limit of one instant is
+            # between three quarters of stall_timeout and all of it.
+            if deadline - watch.deadline > min(0.5, self.stall_timeout / 4):
                 watch.deadline = deadline
         spins = 0
         try:
