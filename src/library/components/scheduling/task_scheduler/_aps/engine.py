@@ -352,8 +352,10 @@ class MemoryEngine(AsyncScheduler):
             remove_waker()
 
     async def _process_schedules_virtually(self, *, task_status: TaskStatus[None]) -> None:
-        """The schedule loop under a virtual clock: it never waits for a time, only to be
-        woken, by a schedule change or by the clock when it has moved to a fire time."""
+        """The schedule loop under a virtual clock: it never waits for a time. The clock,
+        when it has moved to a fire time, fires what is due itself (the probe's ``fire``: no
+        task switch per instant); the loop only wakes for schedule changes (a job added at
+        run time whose first fire is due at once)."""
         store = self._memory_store()
         keeper = cast(TimeKeeper, self.clock)
         wakeup = anyio.Event()
