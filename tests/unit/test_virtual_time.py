@@ -477,3 +477,17 @@ async def test_jitter_delays_starts_in_virtual_time(anyio_backend: str) -> None:
     delays = [(run.started_at - run.scheduled_at).total_seconds() for run in runs]  # type: ignore[operator]
     assert len(runs) == 24 and all(0 <= delay <= 600 for delay in delays)
     assert len(set(delays)) > 1  # random within the jitter, each one waited in virtual time
+
+
+async def test_waits_in_a_jobs_child_tasks_hold_time_up(anyio_backend: str) -> None:
+    """The documented limit: only the run's own task is counted."""
+    scheduler = TaskScheduler(SchedulerConfig(shutdown_timeout=0.2))
+
+    @scheduler.interval(minutes=1, id="fan-out")
+    async def fan_out() -> None:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(scheduler.sleep, 10)
+
+    async with virtual_time(scheduler, stall_timeout=0.3) as clock:
+        with pytest.raises(WaitTimeoutError, match="'fan-out' neither finished"):
+            await clock.advance(minutes=1)
