@@ -28,7 +28,11 @@ def utcnow() -> datetime:
 
 
 class Clock:
-    """Real time: ``now`` reads the system clock; ``sleep`` and ``move_on_after`` are anyio's."""
+    """Real time: ``now`` reads the system clock; ``sleep`` and ``move_on_after`` are anyio's.
+
+    Each is an attribute holding the function itself (no method in between): what a
+    collaborator binds is exactly the call it made before there was a clock.
+    """
 
     virtual = False
     """True for the virtual clock of ``testing.virtual_time``."""
@@ -36,14 +40,11 @@ class Clock:
     def __init__(self) -> None:
         self.now: Callable[[], datetime] = partial(datetime.now, UTC)
         """Now, as an aware UTC datetime."""
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``."""
-        await anyio.sleep(seconds)
-
-    def move_on_after(self, seconds: float | None) -> AbstractContextManager[anyio.CancelScope]:
-        """A cancel scope that cancels what it holds after ``seconds`` (None: never)."""
-        return anyio.move_on_after(seconds)
+        self.sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+        """Wait this many seconds."""
+        self.move_on_after: Callable[[float | None], AbstractContextManager[anyio.CancelScope]]
+        self.move_on_after = anyio.move_on_after
+        """A cancel scope that cancels what it holds after this many seconds (None: never)."""
 
 
 REAL_CLOCK = Clock()

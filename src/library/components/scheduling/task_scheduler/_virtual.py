@@ -112,6 +112,8 @@ class VirtualTime(Clock):
         super().__init__()
         self._now = start.astimezone(UTC)
         self.now = self._read
+        self.sleep = self._sleep
+        self.move_on_after = self._timeout
         self.stall_timeout = stall_timeout
         self._timers: list[tuple[datetime, int, _Timer]] = []
         self._order = itertools.count()
@@ -146,7 +148,7 @@ class VirtualTime(Clock):
             return None
         return self._unit_of_task.get(id(self._current_task()))
 
-    async def sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> None:
         """Wait until the clock has been moved ``seconds`` on."""
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
@@ -172,7 +174,8 @@ class VirtualTime(Clock):
                 unit.parked = False
                 self._busy += 1
 
-    def move_on_after(self, seconds: float | None) -> _Timeout:
+    def _timeout(self, seconds: float | None) -> _Timeout:
+        """``move_on_after`` in virtual time."""
         return _Timeout(self, seconds)
 
     async def drain(self) -> None:
