@@ -32,7 +32,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from heapq import heappop, heappush
 from logging import Logger
 from uuid import UUID
@@ -69,7 +69,6 @@ from .pin import require_engine_version
 
 require_engine_version()
 
-_utc = timezone.utc
 _zero = timedelta(0)
 _set = object.__setattr__
 """Sets an attrs field without its converter: only for values that are already what the
