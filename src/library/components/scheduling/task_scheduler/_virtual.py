@@ -155,11 +155,15 @@ class VirtualTime(Clock):
             return
         unit = self._current_unit()
         event = anyio.Event()
+        woken = False
 
         def wake() -> None:
-            if unit is not None and unit.parked:
+            nonlocal woken
+            if unit is not None:
                 unit.parked = False
-                self._busy += 1
+            else:
+                woken = True  # any other sleeper too resumes at its instant, before time moves
+            self._busy += 1
             event.set()
 
         timer = self._add_timer(seconds, wake)
@@ -173,6 +177,8 @@ class VirtualTime(Clock):
             if unit is not None and unit.parked:  # woken by a cancellation, not the clock
                 unit.parked = False
                 self._busy += 1
+            if woken:
+                self._less_busy()
 
     def _timeout(self, seconds: float | None) -> _Timeout:
         """``move_on_after`` in virtual time."""
