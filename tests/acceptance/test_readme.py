@@ -476,6 +476,12 @@ def _testing_overrides(ns: dict[str, Any], backend: str) -> None:
     assert ns["scheduler"].dependency_overrides == {}
 
 
+@check("Testing with virtual time")
+def _virtual_time(ns: dict[str, Any], backend: str) -> None:
+    anyio.run(ns["test_a_week_of_reports"], backend=backend)
+    assert len(ns["sent"]) == 5
+
+
 @check("Schedules that survive restarts, and several workers")
 def _stores(ns: dict[str, Any], backend: str) -> None:
     assert ns["SchedulerConfig"] is SchedulerConfig  # the block made five valid configs

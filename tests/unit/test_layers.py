@@ -169,3 +169,11 @@ def test_the_store_seen_from_outside_runs_nothing() -> None:
     assert package_imports("_cli") - BOTTOM == {"_admin"}
     assert package_imports("__main__") - BOTTOM == {"_cli"}
     assert "_admin" not in {dep for name in RUNS_JOBS for dep in package_imports(name)}
+
+
+def test_virtual_time_is_imported_by_testing_only() -> None:
+    """Virtual time costs nothing unless a test enters it: only ``testing`` imports
+    ``_virtual``; the engine, executor and lifecycle know a clock through ``_clock`` alone."""
+    importers = sorted(name for name in MODULES if "_virtual" in package_imports(name))
+    assert importers == ["testing"]
+    assert package_imports("_virtual") <= BOTTOM

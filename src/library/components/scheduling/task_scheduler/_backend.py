@@ -37,11 +37,12 @@ from apscheduler.abc import DataStore, EventBroker
 
 from ._aps.engine import EXECUTOR_NAME, MEMORY_TASK_ID, make_engine, run_by_executor
 from ._aps.errors import engine_errors
-from ._aps.leases import CLEANUP_INTERVAL, LEASE_DURATION
+from ._aps.leases import CLEANUP_INTERVAL, LEASE_DURATION, VIRTUAL_LEASE
 from ._aps.serializer import SafeJSONSerializer
 from ._aps.stores import open_memory_store, open_sql_store
-from ._clock import utcnow
+from ._clock import REAL_CLOCK, Clock
 from ._config import SchedulerConfig
+from ._errors import UnsupportedError
 from ._executor import TaskExecutor
 from ._history import ClusterHistory, History, RunRecorder, Worker, WorkerStatus, store_timeout
 from ._jobs import JobSpec
@@ -77,9 +78,14 @@ class Backend(Protocol):
         """The job of a fire nobody here declared (another process added it), or None."""
 
     async def open(
-        self, exit_stack: AsyncExitStack, executor: TaskExecutor, identity: str
+        self,
+        exit_stack: AsyncExitStack,
+        executor: TaskExecutor,
+        identity: str,
+        clock: Clock = REAL_CLOCK,
     ) -> AsyncScheduler:
-        """Open the store and broker (closed by ``exit_stack``); the engine that runs them."""
+        """Open the store and broker (closed by ``exit_stack``); the engine that runs them,
+        by ``clock``'s time (a virtual clock: memory store only, checked by ``testing``)."""
 
     async def install_all(self, engine: AsyncScheduler) -> None:
         """Place every registered job in the engine (at each engine start)."""
@@ -140,6 +146,8 @@ class _EngineBackend(ABC):
         self._config = config
         self._registry = registry
         self._tz: ZoneInfo = config.tzinfo
+        self._now = REAL_CLOCK.now
+        """The clock of the current run's ``now`` (set by ``open``)."""
 
     def _engine(
         self,
@@ -147,6 +155,7 @@ class _EngineBackend(ABC):
         event_broker: EventBroker,
         executor: TaskExecutor,
         identity: str,
+        clock: Clock = REAL_CLOCK,
         **settings: timedelta,
     ) -> AsyncScheduler:
         return make_engine(
@@ -155,6 +164,7 @@ class _EngineBackend(ABC):
             executor=executor,
             identity=identity,
             max_concurrent_jobs=self._config.max_concurrent_jobs,
+            clock=clock,
             **settings,
         )
 
@@ -207,7 +217,7 @@ class _EngineBackend(ABC):
 
     async def place(self, engine: AsyncScheduler, runtime: JobRuntime) -> None:
         with store_timeout():
-            await self._schedule(engine, runtime, utcnow(), allow_past=True)
+            await self._schedule(engine, runtime, self._now(), allow_past=True)
 
     async def pause(self, engine: AsyncScheduler, job_id: str) -> None:
         with store_timeout(), engine_errors(job_id):
@@ -215,7 +225,7 @@ class _EngineBackend(ABC):
 
     async def resume(self, engine: AsyncScheduler, job_id: str) -> None:
         with store_timeout(), engine_errors(job_id):
-            await engine.unpause_schedule(job_id, resume_from="now")
+            await engine.unpause_schedule(job_id, resume_from=self._now())
 
     async def remove(self, engine: AsyncScheduler, job_id: str) -> None:
         with store_timeout():
@@ -246,12 +256,20 @@ class MemoryBackend(_EngineBackend):
         return None  # one process: every job is declared or added here
 
     async def open(
-        self, exit_stack: AsyncExitStack, executor: TaskExecutor, identity: str
+        self,
+        exit_stack: AsyncExitStack,
+        executor: TaskExecutor,
+        identity: str,
+        clock: Clock = REAL_CLOCK,
     ) -> AsyncScheduler:
+        self._now = clock.now
         data_store, event_broker = await open_memory_store(
-            self._config.event_broker, connect_timeout=self._config.connect_timeout
+            self._config.event_broker,
+            connect_timeout=self._config.connect_timeout,
+            now=clock.now,
         )
-        engine = self._engine(data_store, event_broker, executor, identity)
+        settings = {"lease_duration": timedelta(seconds=VIRTUAL_LEASE)} if clock.virtual else {}
+        engine = self._engine(data_store, event_broker, executor, identity, clock, **settings)
         declared = [runtime.spec.id for runtime in self._registry if runtime.spec.declared]
         lock = warn_about_siblings(declared)
         if lock is not None:
@@ -266,7 +284,7 @@ class MemoryBackend(_EngineBackend):
             max_running_jobs=None,  # max_instances is ours, per job (trap 7)
             misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
         )
-        now = utcnow()
+        now = self._now()
         for runtime in self._registry:
             await self._schedule(engine, runtime, now, allow_past=False)
 
@@ -326,8 +344,16 @@ class SQLBackend(_EngineBackend):
         check_storable(spec, self._serializer)
 
     async def open(
-        self, exit_stack: AsyncExitStack, executor: TaskExecutor, identity: str
+        self,
+        exit_stack: AsyncExitStack,
+        executor: TaskExecutor,
+        identity: str,
+        clock: Clock = REAL_CLOCK,
     ) -> AsyncScheduler:
+        if clock.virtual:
+            raise UnsupportedError(
+                f"virtual time runs on the memory store only, not on {self._store.kind}://"
+            )
         data_store, event_broker = await open_sql_store(
             self._store,
             self._config.event_broker,
@@ -384,7 +410,7 @@ class SQLBackend(_EngineBackend):
         for spec in todo.create:
             # do_nothing: several processes starting at once each try to create it.
             await self._schedule(
-                engine, registry[spec.id], utcnow(), allow_past=False,
+                engine, registry[spec.id], self._now(), allow_past=False,
                 policy=ConflictPolicy.do_nothing,
             )  # fmt: skip
         for spec, schedule in todo.keep:
@@ -397,7 +423,7 @@ class SQLBackend(_EngineBackend):
                 runtime.paused = stored[spec.id].paused
             # A changed definition gets a fresh trigger from now: no extra run (trap 11).
             await self._schedule(
-                engine, runtime, utcnow(), allow_past=False, policy=ConflictPolicy.replace
+                engine, runtime, self._now(), allow_past=False, policy=ConflictPolicy.replace
             )
             logger.info("job %r changed since it was stored: updated", spec.id)
         for job_id in todo.remove:

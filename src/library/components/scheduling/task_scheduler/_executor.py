@@ -31,7 +31,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from apscheduler import Job
 from apscheduler.abc import JobExecutor
 
-from ._clock import utcnow
+from ._clock import REAL_CLOCK, Clock
 from ._errors import JobNotFoundError, SchedulerStateError
 from ._jobs import JobSpec
 from ._log import logger
@@ -105,6 +105,14 @@ class TaskExecutor(JobExecutor):
         self._drain_event: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._retry_send: MemoryObjectSendStream[str] | None = None
+        self._bind(REAL_CLOCK)
+
+    def _bind(self, clock: Clock) -> None:
+        """Read the time and wait by ``clock`` (bound once per start: nothing per run)."""
+        self._clock = clock
+        self._now = clock.now
+        self._sleep = clock.sleep
+        self._move_on_after = clock.move_on_after
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -118,8 +126,10 @@ class TaskExecutor(JobExecutor):
         """Tell ``observer`` of every attempt from now on (None: of none)."""
         self._observer = observer
 
-    def open(self) -> None:
-        """Called by the lifecycle in its event loop before the engine starts."""
+    def open(self, clock: Clock = REAL_CLOCK) -> None:
+        """Called by the lifecycle in its event loop before the engine starts; runs read
+        the time and wait by ``clock`` until the next ``open``."""
+        self._bind(clock)
         self._draining = False
         self._drain_event = anyio.Event()
         self._idle = None
@@ -223,7 +233,7 @@ class TaskExecutor(JobExecutor):
     ) -> None:
         scheduled = job.scheduled_fire_time or job.created_at
         record = RunRecord(next_seq(), runtime.spec.id, 1, scheduled)
-        record.finished_at = utcnow()
+        record.finished_at = self._now()
         self._finish(runtime, record, outcome, None, message, fire_id=fire_id)
 
     # -- run now -----------------------------------------------------------------------
@@ -240,7 +250,7 @@ class TaskExecutor(JobExecutor):
         runtime = self._jobs.get(job_id)
         if runtime is None:
             raise JobNotFoundError(job_id)
-        record = RunRecord(next_seq(), job_id, 1, utcnow())
+        record = RunRecord(next_seq(), job_id, 1, self._now())
         if runtime.running >= runtime.spec.options.max_instances:
             record.finished_at = record.scheduled_at
             self._finish(runtime, record, Outcome.skipped, None, None)
@@ -280,7 +290,7 @@ class TaskExecutor(JobExecutor):
         if runtime.paused:
             # Enqueued before the job was paused: on a shared store it can wait in the queue
             # (a stopping process leaves it there) until after a restart. No run starts.
-            record.finished_at = utcnow()
+            record.finished_at = self._now()
             self._finish(runtime, record, Outcome.skipped, None, "the job was paused")
             return
         options = spec.options
@@ -292,7 +302,7 @@ class TaskExecutor(JobExecutor):
             await self._jitter(options.jitter, grace, fire_time)
         while True:
             if self._draining:
-                record.finished_at = utcnow()
+                record.finished_at = self._now()
                 # Never started: not a cancelled run (that is one stopped while it ran).
                 message = "not started: the scheduler is shutting down"
                 self._finish(runtime, record, Outcome.skipped, None, message)
@@ -300,7 +310,7 @@ class TaskExecutor(JobExecutor):
             if runtime.running < options.max_instances:
                 break
             if options.coalesce or not self._in_backlog(runtime, fire_time):
-                record.finished_at = utcnow()
+                record.finished_at = self._now()
                 message = (
                     f"{runtime.running} run(s) in progress, "
                     f"max_instances is {options.max_instances}"
@@ -352,14 +362,14 @@ class TaskExecutor(JobExecutor):
             self._hold(runtime, record)
             await self._run_fire(runtime, record, fire_id, every_attempt=True)
             return
-        record.finished_at = utcnow()
+        record.finished_at = self._now()
         self._finish(runtime, record, Outcome.skipped, None, message, record_fire=fire_id)
 
     def _missed(
         self, runtime: JobRuntime, record: RunRecord, grace: float, fire_id: str | None = None
     ) -> bool:
         """Record the fire as ``missed`` if it is later than ``grace`` seconds now."""
-        now = utcnow()
+        now = self._now()
         late = (now - record.scheduled_at).total_seconds()
         if late <= grace:
             return False
@@ -397,15 +407,14 @@ class TaskExecutor(JobExecutor):
         if self._in_progress == 0 and self._idle is not None:
             self._idle.set()
 
-    @staticmethod
-    async def _jitter(jitter: float, grace: float | None, fire_time: datetime) -> None:
+    async def _jitter(self, jitter: float, grace: float | None, fire_time: datetime) -> None:
         # Trap 8 (4.0.0a6): the engine's max_jitter delays nothing, so we wait here, never so
         # long that the run would pass its misfire_grace_time.
         limit = jitter
         if grace is not None:
-            limit = min(limit, grace - (utcnow() - fire_time).total_seconds())
+            limit = min(limit, grace - (self._now() - fire_time).total_seconds())
         if limit > 0:
-            await anyio.sleep(random.uniform(0, limit))
+            await self._sleep(random.uniform(0, limit))
 
     async def _run_fire(
         self,
@@ -435,7 +444,7 @@ class TaskExecutor(JobExecutor):
                 runtime.add_active(record)
                 if not await self._retry_wait(delay):
                     runtime.drop_active(record)
-                    record.finished_at = utcnow()
+                    record.finished_at = self._now()
                     message = "scheduler stopped"
                     self._finish(
                         runtime, record, Outcome.cancelled, None, message,
@@ -447,6 +456,13 @@ class TaskExecutor(JobExecutor):
 
     async def _retry_wait(self, delay: float) -> bool:
         """Sleep before a retry; False if the scheduler began to shut down meanwhile."""
+        if self._clock.virtual:
+            # A wait for virtual time; the clock cancels it when the drain begins.
+            try:
+                await self._sleep(delay)
+            except get_cancelled_exc_class():
+                return False
+            return not self._draining
         if self._drain_event is None:
             await anyio.sleep(delay)
             return True
@@ -475,7 +491,7 @@ class TaskExecutor(JobExecutor):
         """
         spec = runtime.spec
         timeout = spec.options.timeout
-        record.started_at = utcnow()
+        record.started_at = self._now()
         if self._recorder is not None:
             self._recorder.started(record, fire_id)
         if self._observer is not None:
@@ -484,7 +500,7 @@ class TaskExecutor(JobExecutor):
             if timeout is None:
                 await self._call(spec)
             else:
-                with anyio.move_on_after(timeout) as scope:
+                with self._move_on_after(timeout) as scope:
                     await self._call(spec)
                 if scope.cancelled_caught:
                     if not spec.is_async:
@@ -550,7 +566,7 @@ class TaskExecutor(JobExecutor):
         error_type: str | None = None,
         retry_in: float | None = None,
     ) -> None:
-        record.finished_at = utcnow()
+        record.finished_at = self._now()
         runtime.drop_active(record)
         self._finish(runtime, record, outcome, exc, message, error_type, retry_in)
 

@@ -101,12 +101,19 @@ class LocalHistory:
     """This process's runs, from the executor's memory."""
 
     def __init__(
-        self, registry: JobRegistry, tz: ZoneInfo, worker: Worker, status: WorkerStatus
+        self,
+        registry: JobRegistry,
+        tz: ZoneInfo,
+        worker: Worker,
+        status: WorkerStatus,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._registry = registry
         self._tz = tz
         self._worker = worker
         self._status = status
+        self._now = now
+        """The scheduler's time (virtual under ``testing.virtual_time``)."""
 
     async def facts(self, runtimes: Sequence[JobRuntime]) -> dict[str, JobFacts]:
         tz, worker = self._tz, self._worker.id
@@ -150,7 +157,7 @@ class LocalHistory:
                 host=worker.host,
                 pid=worker.pid,
                 started_at=started_at.astimezone(self._tz),
-                last_seen=utcnow().astimezone(self._tz),
+                last_seen=self._now().astimezone(self._tz),
                 state=state,
                 runs_in_progress=in_progress,
             )

@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from apscheduler import Schedule
 from apscheduler.abc import Trigger
 
 from ._backend import make_backend
-from ._clock import utcnow
+from ._clock import Clock, TimeKeeper
 from ._config import SchedulerConfig
 from ._depends import DependencyOverrides
 from ._errors import (
@@ -95,10 +95,14 @@ class TaskScheduler:
             identity=self._worker.id,
         )
         self._local = LocalHistory(
-            self._registry, self._tz, self._worker, self._lifecycle.worker_status
+            self._registry, self._tz, self._worker, self._lifecycle.worker_status, self._utcnow
         )
         self._prometheus: SchedulerMetrics | None = None
         self._otel: RunObserver | None = None
+
+    def _utcnow(self) -> datetime:
+        """The scheduler's time, in UTC: real, or virtual under ``testing.virtual_time``."""
+        return self._lifecycle.clock.now()
 
     def _history(self) -> History:
         """The cluster's history while a persistent store is open, else this process's."""
@@ -420,7 +424,7 @@ class TaskScheduler:
         spec = runtime.spec
         if job_id in self._registry.finished:
             return []
-        now = utcnow()
+        now = self._utcnow()
         times: list[datetime] = []
         engine = self._lifecycle.live_engine
         schedule = None
@@ -495,7 +499,15 @@ class TaskScheduler:
             )
         request, record = self._executor.request_run(job_id)
         if request is not None:
-            task_group.start_soon(self._executor.run_now, request, name=f"run {job_id}")
+            clock = self._lifecycle.clock
+            if clock.virtual:  # a unit of work the virtual clock waits for, as fires are
+                keeper = cast(TimeKeeper, clock)
+                unit = keeper.begin(job_id)
+                task_group.start_soon(
+                    keeper.run, unit, self._executor.run_now, request, name=f"run {job_id}"
+                )
+            else:
+                task_group.start_soon(self._executor.run_now, request, name=f"run {job_id}")
             if wait:
                 await request.done.wait()
                 record = request.final or request.record
@@ -603,7 +615,7 @@ class TaskScheduler:
         if not watched:
             return []
         facts = await history.facts(watched)
-        now = utcnow()
+        now = self._utcnow()
         stale = []
         for runtime in watched:
             limit = runtime.spec.options.max_staleness
@@ -622,6 +634,19 @@ class TaskScheduler:
     @property
     def timezone(self) -> str:
         return self.config.timezone
+
+    # ------------------------------------------------------------------ time
+
+    def now(self) -> datetime:
+        """The scheduler's time, in its timezone: the real time, or the virtual time of
+        ``testing.virtual_time`` while a test runs the scheduler under it."""
+        return self._lifecycle.clock.now().astimezone(self._tz)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` by the scheduler's time: ``anyio.sleep``, or under
+        ``testing.virtual_time`` until the test's clock has moved that far on (so a job that
+        waits this way is tested without waiting)."""
+        await self._lifecycle.clock.sleep(seconds)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -647,6 +672,10 @@ class TaskScheduler:
         own :meth:`shutdown` finishes the job. A no-op when the scheduler is not running.
         """
         self._lifecycle.request_stop()
+
+    async def _start_under(self, clock: Clock) -> None:
+        """``async with``'s start, by ``clock``'s time (``testing.virtual_time``)."""
+        await self._lifecycle.start(cancel_owner_on_stop_request=True, clock=clock)
 
     async def __aenter__(self) -> TaskScheduler:
         self._look_for_otel()

@@ -16,3 +16,6 @@ server that stops answering on an open connection (a hung host, dropped packets)
 every store call - the management API's too - for good. Past this, the statement fails
 as a ``TimeoutError``: the API says the store is unavailable, the engine restarts.
 """
+VIRTUAL_LEASE = 100 * 365 * 86400.0
+"""Seconds of the memory engine's lease under virtual time (tests): one process, and a clock
+that jumps; a lease of real length would lapse in one jump while its job merely waits."""

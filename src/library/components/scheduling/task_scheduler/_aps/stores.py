@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -19,6 +21,7 @@ from apscheduler import Event
 from apscheduler.abc import EventBroker
 from apscheduler.eventbrokers.local import LocalEventBroker
 
+from .._clock import utcnow
 from .._errors import (
     InvalidValueError,
     MissingDependencyError,
@@ -64,11 +67,12 @@ def current_async_library() -> str:
 
 
 async def open_memory_store(
-    broker_url: str | None, *, connect_timeout: float
+    broker_url: str | None, *, connect_timeout: float, now: Callable[[], datetime] = utcnow
 ) -> tuple[MemoryStore, EventBroker]:
-    """The in-process store, and Redis or the in-process broker."""
+    """The in-process store (reading the time from ``now``), and Redis or the in-process
+    broker."""
     broker = await _redis_broker(broker_url, connect_timeout) if broker_url else None
-    return MemoryStore(), broker or LocalEventBroker()
+    return MemoryStore(now=now), broker or LocalEventBroker()
 
 
 async def open_sql_store(
