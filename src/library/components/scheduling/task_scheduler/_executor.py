@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import anyio
-from anyio import TASK_STATUS_IGNORED, CapacityLimiter, get_cancelled_exc_class, to_thread
+from anyio import TASK_STATUS_IGNORED, get_cancelled_exc_class
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 from apscheduler import Job
@@ -46,6 +46,7 @@ from ._runs import (
     next_seq,
     retry_delay,
 )
+from ._threads import JobThreads
 
 if TYPE_CHECKING:
     from ._depends import DependencyOverrides
@@ -95,10 +96,11 @@ class TaskExecutor(JobExecutor):
         """Records each attempt's start and end for the cluster (persistent stores)."""
         self._observer: RunObserver | None = None
         """Metrics and tracing of each attempt (None, and no cost, while both are off)."""
-        self._thread_limit = thread_limit
         self._overrides = overrides
         """Dependency overrides, for jobs with ``Depends`` parameters."""
-        self._limiter: CapacityLimiter | None = None
+        self._threads = JobThreads[JobRuntime](
+            thread_limit, self._thread_abandoned, self._thread_ended
+        )
         self._run_now_scopes: set[anyio.CancelScope] = set()
         self._in_progress = 0
         self._draining = False
@@ -120,6 +122,23 @@ class TaskExecutor(JobExecutor):
     def in_progress(self) -> int:
         return self._in_progress
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of plain ``def`` runs that ended (timed out, cancelled) and still run."""
+        return self._threads.abandoned
+
+    def _thread_abandoned(self, runtime: JobRuntime) -> None:
+        # The run has ended; its thread holds the job's max_instances slot until it ends,
+        # so a hung job's later fires are skipped instead of starting thread after thread.
+        runtime.running += 1
+
+    def _thread_ended(self, runtime: JobRuntime) -> None:
+        runtime.running -= 1
+        if runtime.slot_freed is not None:
+            runtime.slot_freed.set()
+            runtime.slot_freed = None
+        logger.info("job %r: the worker thread of a run that had ended returned", runtime.spec.id)
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def observe(self, observer: RunObserver | None) -> None:
@@ -133,7 +152,7 @@ class TaskExecutor(JobExecutor):
         self._draining = False
         self._drain_event = anyio.Event()
         self._idle = None
-        self._limiter = CapacityLimiter(self._thread_limit)
+        self._threads.open()
         self._retry_send = None
 
     async def serve_retries(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
@@ -498,10 +517,10 @@ class TaskExecutor(JobExecutor):
             self._observer.started(record)
         try:
             if timeout is None:
-                await self._call(spec)
+                await self._call(spec, runtime)
             else:
                 with self._move_on_after(timeout) as scope:
-                    await self._call(spec)
+                    await self._call(spec, runtime)
                 if scope.cancelled_caught:
                     if not spec.is_async:
                         logger.warning(
@@ -537,12 +556,14 @@ class TaskExecutor(JobExecutor):
         self._end(runtime, record, Outcome.success, None, None)
         return None
 
-    async def _call(self, spec: JobSpec, kwargs: dict[str, Any] | None = None) -> None:
+    async def _call(
+        self, spec: JobSpec, runtime: JobRuntime, kwargs: dict[str, Any] | None = None
+    ) -> None:
         if kwargs is None:
             if spec.dependencies is not None:
                 # Resolved per attempt, in this task; generator dependencies close after it.
                 async with spec.dependencies.resolve(spec.kwargs, self._overrides) as kwargs:
-                    await self._call(spec, kwargs)
+                    await self._call(spec, runtime, kwargs)
                 return
             kwargs = spec.kwargs
         if spec.is_async:
@@ -550,9 +571,10 @@ class TaskExecutor(JobExecutor):
             return
         # Trap 3 (4.0.0a6): the engine's default executor calls plain functions on the event
         # loop thread. Ours go to a worker thread; a thread cannot be cancelled, so it is
-        # abandoned (and that is logged) when its run times out or is cancelled.
+        # abandoned (and that is logged) when its run times out or is cancelled - and holds
+        # its job's max_instances slot until it ends (_threads).
         call = functools.partial(spec.func, *spec.args, **kwargs)
-        result = await to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._limiter)
+        result = await self._threads.run(call, runtime)
         if inspect.isawaitable(result):
             await result
 

@@ -599,6 +599,7 @@ class TaskScheduler:
             worker_id=self._worker.id,
             loop_lag=round(lifecycle.loop_lag, 3),
             workers=len(await history.workers()),
+            abandoned_threads=self._executor.abandoned_threads,
         )
 
     async def _stale_jobs(self, history: History) -> list[str]:
