@@ -18,6 +18,8 @@ So jobs get threads of their own:
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -98,7 +100,10 @@ class JobThreads(Generic[H]):
         """``func()`` in a worker thread: its result, or what it raised."""
         limiter = self._limiter
         assert limiter is not None, "open() first"
-        call = _Call(func, current_token(), holder, limiter)
+        # In a copy of the task's context, as anyio's threads do: a span, a request id,
+        # anything the job reads from a contextvar is there.
+        context = contextvars.copy_context()
+        call = _Call(functools.partial(context.run, func), current_token(), holder, limiter)
         await limiter.acquire_on_behalf_of(call)
         try:
             self._submit(call)
