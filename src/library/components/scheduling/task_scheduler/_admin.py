@@ -227,26 +227,10 @@ class StoreAdmin:
         next_run: datetime | None = None
         if not schedule.paused and schedule.next_fire_time is not None:
             next_run = schedule.next_fire_time.astimezone(self._tz)
-        return JobInfo(
-            id=schedule.id,
-            name=name,
-            func=func,
-            trigger=trigger,
-            next_run_time=next_run,
-            paused=schedule.paused,
-            timeout=options.timeout,
-            max_instances=options.max_instances,
-            coalesce=options.coalesce,
-            misfire_grace_time=options.misfire_grace_time,
-            retries=options.retries,
-            retry_delay=options.retry_delay,
-            jitter=options.jitter,
-            max_staleness=options.max_staleness,
-            running=facts.running,
-            last_run=facts.last_run,
-            last_success_at=facts.last_success_at,
-            counts=facts.counts,
-        )
+        return facts.job_info(
+            (schedule.id, name, func, trigger), options,
+            next_run_time=next_run, paused=schedule.paused,
+        )  # fmt: skip
 
     async def pause(self, job_id: str) -> JobInfo:
         """Stop firing the job, on every worker, until :meth:`resume`; runs in progress go on."""

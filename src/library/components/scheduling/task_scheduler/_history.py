@@ -29,12 +29,13 @@ from ._aps.rows import JobStats, RunRow, WorkerRow
 from ._clock import utcnow
 from ._errors import StoreUnavailableError
 from ._log import logger
-from ._models import Outcome, RunCounts, RunInfo, WorkerInfo, WorkerState
+from ._models import JobInfo, Outcome, RunCounts, RunInfo, TriggerInfo, WorkerInfo, WorkerState
 from ._registry import JobRegistry, JobRuntime
 from ._runs import RunRecord, run_info
 
 if TYPE_CHECKING:  # SQLAlchemy is an optional dependency: only persistent stores load it
     from ._aps.history import RunHistory
+    from ._config import JobDefaults
 
 FLUSH_INTERVAL = 0.2
 """Seconds a run record waits for others to share its batch (one transaction) in the store;
@@ -76,6 +77,38 @@ class JobFacts:
     last_run: RunInfo | None
     last_success_at: datetime | None
     running: int
+
+    def job_info(
+        self,
+        definition: tuple[str, str, str, TriggerInfo],
+        options: JobDefaults,
+        *,
+        next_run_time: datetime | None,
+        paused: bool,
+    ) -> JobInfo:
+        """The public JobInfo of a job: ``definition`` is its id, name, callable name and
+        trigger; its options and these facts about its runs complete it."""
+        job_id, name, func, trigger = definition
+        return JobInfo(
+            id=job_id,
+            name=name,
+            func=func,
+            trigger=trigger,
+            next_run_time=next_run_time,
+            paused=paused,
+            timeout=options.timeout,
+            max_instances=options.max_instances,
+            coalesce=options.coalesce,
+            misfire_grace_time=options.misfire_grace_time,
+            retries=options.retries,
+            retry_delay=options.retry_delay,
+            jitter=options.jitter,
+            max_staleness=options.max_staleness,
+            running=self.running,
+            last_run=self.last_run,
+            last_success_at=self.last_success_at,
+            counts=self.counts,
+        )
 
 
 WorkerStatus = Callable[[], tuple[WorkerState, datetime | None, int]]

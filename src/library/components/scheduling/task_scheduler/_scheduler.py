@@ -390,26 +390,11 @@ class TaskScheduler:
         next_run: datetime | None = None
         if schedule is not None and not runtime.paused and schedule.next_fire_time is not None:
             next_run = schedule.next_fire_time.astimezone(self._tz)
-        options = spec.options
-        return JobInfo(
-            id=spec.id,
-            name=spec.name,
-            func=spec.func_ref,
-            trigger=spec.trigger.info(),
+        return facts.job_info(
+            (spec.id, spec.name, spec.func_ref, spec.trigger.info()),
+            spec.options,
             next_run_time=next_run,
             paused=runtime.paused,
-            timeout=options.timeout,
-            max_instances=options.max_instances,
-            coalesce=options.coalesce,
-            misfire_grace_time=options.misfire_grace_time,
-            retries=options.retries,
-            retry_delay=options.retry_delay,
-            jitter=options.jitter,
-            max_staleness=options.max_staleness,
-            running=facts.running,
-            last_run=facts.last_run,
-            last_success_at=facts.last_success_at,
-            counts=facts.counts,
         )
 
     async def preview(self, job_id: str, count: int = 10) -> list[datetime]:
