@@ -1,6 +1,7 @@
 """SQLStore: each APScheduler 4.0.0a6 defect it closes, reproduced at the store's own API.
 
-Real SQLite and PostgreSQL (each test in a fresh schema); asyncio only, as the store is.
+Real SQLite and PostgreSQL (each test in a fresh schema), on asyncio and on trio (the same
+store on a synchronous engine driven from threads).
 """
 
 from __future__ import annotations
