@@ -46,8 +46,9 @@ CONNECTIONS = 8
 
 
 def pool_size(connections: int = CONNECTIONS) -> int:
-    """Connections the engine's pool needs: one per transaction slot, and the liveness one."""
-    return connections + 1
+    """Connections the engine's pool needs: one per transaction slot, the liveness one, and
+    one for the wake-ups' NOTIFY (published one at a time): a checkout never waits."""
+    return connections + 2
 
 
 def _execute_buffered(
