@@ -71,7 +71,12 @@ def test_three_processes_starting_together_on_an_empty_database_run_each_fire_on
     check_once(runs, start, start + timedelta(seconds=11))
 
 
-def test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses(pg_url: str) -> None:
+@pytest.mark.parametrize("new_loop", ["asyncio", "trio"])
+def test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses(
+    pg_url: str, new_loop: str
+) -> None:
+    """Three processes replaced by three new ones while they run; with ``new_loop`` trio the
+    new ones run under trio.run (a cluster of both loops meanwhile: one channel, one store)."""
     import signal
 
     import anyio
@@ -97,7 +102,7 @@ def test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses(pg_url: st
     import time
 
     time.sleep(max(0.0, (start - datetime.now(timezone.utc)).total_seconds()) + 4)
-    new = start_workers(pg_url, start, seconds=8, count=3)
+    new = start_workers(pg_url, start, 8, 3, loop=new_loop)
     for worker in new:
         assert worker.stdout.readline().strip() == "ready"
     for worker in old:

@@ -1,20 +1,19 @@
 """What only the store on trio has: wake-ups across processes without asyncpg or Redis.
 
-The guarantees themselves are every other test of this folder, run on trio too.
+The guarantees themselves are every other test of this folder, run on trio too; a cluster of
+asyncio and trio processes: test_multiprocess.py::
+test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses[trio].
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from contextlib import AsyncExitStack
-from datetime import datetime, timedelta, timezone
 
 import anyio
 import psycopg
 import pytest
 from apscheduler import Event, TaskAdded
-from test_multiprocess import collect, start_workers
 
 from library.components.scheduling.task_scheduler import Outcome, SchedulerConfig, TaskScheduler
 from library.components.scheduling.task_scheduler._aps import wakeups
@@ -102,17 +101,3 @@ async def test_without_notify_peers_find_each_others_work_by_polling(
     assert len(fires) == len(set(fires)) >= 8
     assert len({run.worker for run in runs}) == 2, "both processes took part"
     assert CALLS.count("eve") == len(fires)
-
-
-def test_asyncio_and_trio_processes_share_one_store(pg_url: str) -> None:
-    """The trio wake-ups speak the asyncpg broker's channel and payloads: a cluster may mix
-    both loops, and each fire still runs once."""
-    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=5)
-    workers = start_workers(pg_url, start, 10, 1, loop="asyncio") + start_workers(
-        pg_url, start, 10, 1, loop="trio"
-    )
-    runs = collect(workers, timeout=60)
-    done = [(r["job_id"], r["scheduled_at"]) for r in runs if r["outcome"] == "success"]
-    assert [fire for fire, n in Counter(done).items() if n > 1] == []
-    assert len({r["run_id"].split("-")[0] for r in runs}) == 2, "both processes took part"
-    assert len(set(done)) >= 0.9 * 20 * 4  # 20 jobs a second, >= 4 s of fires
