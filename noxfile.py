@@ -8,6 +8,8 @@ the test suite on each of Python 3.10-3.13 found on the machine, skipping the mi
 from __future__ import annotations
 
 import glob
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -21,14 +23,33 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
 SUPPORTED_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-LINT_PATHS = ["src", "tests", "examples", "bench", "noxfile.py"]
+LINT_PATHS = ["src", "tests", "examples", "bench", "docs", "noxfile.py"]
 PACKAGE = "library.components.scheduling.task_scheduler"
+DEBIAN_CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("TASK_SCHEDULER_CHROMIUM", DEBIAN_CHROMIUM)
+"""The browser tests/browser drive (through Playwright, which the test extra installs)."""
+
+
+def ensure_chromium(session: nox.Session) -> None:
+    """Install Debian's Chromium for the browser tests when it is missing and we are root on a
+    machine with apt-get (as in CI); otherwise say why those tests will be skipped (locally)
+    or fail (under CI)."""
+    if os.path.exists(CHROMIUM):
+        return
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if not (root and shutil.which("apt-get") and CHROMIUM == DEBIAN_CHROMIUM):
+        session.warn(f"no Chromium at {CHROMIUM}: install it (apt-get install -y chromium)")
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite, on asyncio and trio."""
+    """The whole test suite, on asyncio and trio, browser tests included."""
     session.install("-e", ".[test]")
+    ensure_chromium(session)
     session.run("pytest", *session.posargs)
 
 
@@ -36,6 +57,7 @@ def tests(session: nox.Session) -> None:
 def tests_versions(session: nox.Session) -> None:
     """The test suite on each supported Python found here (not a default session)."""
     session.install("-e", ".[test]")
+    ensure_chromium(session)
     session.run("pytest", *session.posargs)
 
 
@@ -50,7 +72,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
-    session.install("-e", ".[trio,sqlite,postgres,redis]", "mypy==2.4.1")
+    session.install("-e", ".[trio,sqlite,postgres,redis,metrics,otel,cli]", "mypy==2.4.1")
     session.run("mypy", "--strict", "-p", PACKAGE)
 
 
@@ -90,6 +112,9 @@ def package(session: nox.Session) -> None:
             f"from {PACKAGE} import TaskScheduler\n"
             "where = Path(pkg.__file__).resolve()\n"
             "assert Path(sys.prefix).resolve() in where.parents, where\n"
+            # The dashboard's files are package data: the router serves them from the wheel.
+            f"from {PACKAGE}._dashboard import assets, page\n"
+            "assert len(assets()) == 2 and b'<html' in page('UTC').body, assets()\n"
             "print(TaskScheduler, 'from', where)\n"
         )
         with session.chdir(tmp):

@@ -2,7 +2,9 @@
 
 Run by ``run.py`` as ``python bench/_aps4_worker.py '<json params>'``; prints one JSON line.
 Params: ``target`` (``ours`` or ``aps4``), ``backend`` (``asyncio`` or ``trio``), ``metric``
-(``fires``, ``queued``, ``adds``, ``bulk``) and the metric's own numbers.
+(``fires``, ``queued``, ``adds``, ``bulk``) and the metric's own numbers; for ours,
+``telemetry``: ``prometheus`` (its run histograms on) and/or ``otel`` (the OpenTelemetry SDK's
+providers set: a span per run, exported in batches to nowhere; metrics read in memory).
 """
 
 from __future__ import annotations
@@ -116,10 +118,37 @@ async def wait_for_runs(count: int) -> None:
 # ---------------------------------------------------------------------------- ours
 
 
+def telemetry(scheduler: TaskScheduler, params: dict[str, Any]) -> TaskScheduler:
+    """Turn on what ``params["telemetry"]`` names, before the scheduler starts."""
+    wanted = params.get("telemetry", [])
+    if "prometheus" in wanted:
+        scheduler.metrics_collector()
+    if "otel" in wanted:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        class Nowhere(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(BatchSpanProcessor(Nowhere()))
+        trace.set_tracer_provider(tracer_provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    return scheduler
+
+
 async def ours_fires(params: dict[str, Any]) -> dict[str, Any]:
     n = params["n"]
     t0 = params.get("t0") or aligned_start()
-    scheduler = TaskScheduler()
+    scheduler = telemetry(TaskScheduler(), params)
     for index in range(n):
         scheduler.interval(seconds=1, start=utc(t0), id=f"j{index}")(job)
     async with scheduler:
@@ -129,7 +158,7 @@ async def ours_fires(params: dict[str, Any]) -> dict[str, Any]:
 
 async def ours_queued(params: dict[str, Any]) -> dict[str, Any]:
     n = params["jobs"]
-    scheduler = TaskScheduler()
+    scheduler = telemetry(TaskScheduler(), params)
     far = utc(time.time()) + timedelta(days=FAR_FUTURE_DAYS)
     per_job = -(-n // QUEUE_JOBS_OURS)
     for index in range(QUEUE_JOBS_OURS):

@@ -252,15 +252,32 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def all_columns(variants: list[str]) -> list[Column]:
+def all_columns(variants: list[str], telemetry: bool = False) -> list[Column]:
     """The standard columns, then per ``NAME=SRC`` variant one asyncio and one trio column
-    running our package from that src/ directory (e.g. a snapshot of an earlier step)."""
+    running our package from that src/ directory (e.g. a snapshot of an earlier step); with
+    ``telemetry``, ours on asyncio with Prometheus' run histograms on (``prom-asyncio``) and
+    with OpenTelemetry's SDK providers set (``otel-asyncio``)."""
     columns = [
         Column("ours-asyncio", "ours asyncio", APS4_WORKER, {"target": "ours"}),
         Column("ours-trio", "ours trio", APS4_WORKER, {"target": "ours", "backend": "trio"}),
         Column("aps4", "raw APS4 a6", APS4_WORKER, {"target": "aps4"}),
         Column("aps3", "APS3 3.11", APS3_WORKER, {}),
     ]
+    if telemetry:
+        columns += [
+            Column(
+                "prom-asyncio",
+                "ours asyncio, Prometheus on",
+                APS4_WORKER,
+                {"target": "ours", "telemetry": ["prometheus"]},
+            ),
+            Column(
+                "otel-asyncio",
+                "ours asyncio, OTel SDK on",
+                APS4_WORKER,
+                {"target": "ours", "telemetry": ["otel"]},
+            ),
+        ]
     for variant in variants:
         name, sep, src = variant.partition("=")
         if not sep or not name or not Path(src).is_dir():
@@ -512,13 +529,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=SRC",
         help="also run our package from another src/ directory (repeatable)",
     )
+    parser.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="also the columns prom-asyncio and otel-asyncio: metrics or tracing on "
+        "(needs the metrics and otel extras, and opentelemetry-sdk)",
+    )
     args = parser.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
     aps3_python = ensure_aps3_python(args.aps3_python)
     machine, git = machine_info(), git_info()
     begin = time.perf_counter()
-    columns = all_columns(args.variant)
+    columns = all_columns(args.variant, args.telemetry)
     if args.columns:
         wanted = args.columns.split(",")
         unknown = sorted(set(wanted) - {column.key for column in columns})

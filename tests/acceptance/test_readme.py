@@ -53,9 +53,11 @@ from fastapi.testclient import TestClient
 from library.components.scheduling.task_scheduler import (
     JobInfo,
     Outcome,
+    RunInfo,
     SchedulerConfig,
     TaskScheduler,
 )
+from library.components.scheduling.task_scheduler.fastapi import CSRF_HEADER
 
 README = Path(__file__).parents[2] / "README.md"
 PACKAGE_LOGGER = "library.components.scheduling.task_scheduler"
@@ -328,7 +330,8 @@ def _router(ns: dict[str, Any], backend: str) -> None:
         assert client.get("/scheduler/jobs", headers={"X-API-Key": "wrong"}).status_code == 403
         jobs = client.get("/scheduler/jobs", headers={"X-API-Key": key})
         assert [job["id"] for job in jobs.json()] == ["daily-backup"], jobs.text
-        run = client.post("/scheduler/jobs/daily-backup/run?wait=true", headers={"X-API-Key": key})
+        headers = {"X-API-Key": key, CSRF_HEADER: "1"}  # a POST carries the CSRF header
+        run = client.post("/scheduler/jobs/daily-backup/run?wait=true", headers=headers)
         assert run.json()["outcome"] == "success", run.text
         # The runs and workers routes the table lists, behind the same guard.
         assert client.get("/scheduler/runs").status_code == 401
@@ -338,6 +341,22 @@ def _router(ns: dict[str, Any], backend: str) -> None:
         assert worker["id"] == run.json()["worker"] and worker["state"] == "running"
         bad = client.get("/scheduler/runs?outcome=failed", headers={"X-API-Key": key})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "outcome"]
+
+
+@check("Dashboard (in a browser)")
+def _dashboard(ns: dict[str, Any], backend: str) -> None:
+    basic = (os.environ.get("DASHBOARD_USER", "ops"), os.environ["DASHBOARD_PASSWORD"])
+    with TestClient(ns["app"], backend=backend) as client:
+        asked = client.get("/scheduler/dashboard")  # a browser without credentials is asked
+        assert asked.status_code == 401 and asked.headers["WWW-Authenticate"] == "Basic"
+        assert client.get("/scheduler/dashboard", auth=("ops", "guess")).status_code == 401
+        page = client.get("/scheduler/dashboard", auth=basic)
+        assert page.status_code == 200 and "<title>Task scheduler</title>" in page.text
+        # The same credentials reach the API the page's script calls; a POST needs the header.
+        url = "/scheduler/jobs/sync-invoices/pause"
+        assert client.post(url, auth=basic).status_code == 403
+        paused = client.post(url, auth=basic, headers={CSRF_HEADER: "1"})
+        assert paused.json()["paused"] is True, paused.text
 
 
 @check("Programmatic job management")
@@ -409,9 +428,58 @@ def _health(ns: dict[str, Any], backend: str) -> None:
     assert status.workers == 1 and ns["worker"].id == status.worker_id
 
 
+@check("Metrics and tracing (1)")
+def _metrics(ns: dict[str, Any], backend: str) -> None:
+    with TestClient(ns["app"], backend=backend) as client:
+        assert client.get("/scheduler/metrics").status_code == 401
+        token = {"Authorization": "Bearer readme-test-key"}
+        response = client.get("/scheduler/metrics", headers=token)
+        assert response.status_code == 200, response.text
+        assert "task_scheduler_up 1.0" in response.text
+        runs = 'task_scheduler_runs_total{job_id="sync-orders",outcome="success"} 0.0'
+        assert runs in response.text, response.text
+
+
 @check("Testing your jobs")
 def _testing(ns: dict[str, Any], backend: str) -> None:
     anyio.run(ns["test_heartbeat"], backend=backend)
+
+
+@check("Dependencies in jobs (Depends)")
+def _depends(ns: dict[str, Any], backend: str) -> None:
+    # The app's lifespan runs the job with its dependencies; an app override replaces one.
+    scheduler: TaskScheduler = ns["scheduler"]
+    app: FastAPI = ns["app"]
+    closed: list[bool] = []
+
+    async def recording_db() -> Any:
+        session = ns["Session"]()
+        yield session
+        closed.append(True)
+
+    async def main() -> list[RunInfo]:
+        async with scheduler.lifespan(app):
+            runs = [await scheduler.run_job("purge")]
+            app.dependency_overrides[ns["get_db"]] = recording_db
+            runs.append(await scheduler.run_job("purge"))
+            app.dependency_overrides.clear()
+        return runs
+
+    runs = anyio.run(main, backend=backend)
+    assert [run.outcome for run in runs] == [Outcome.success] * 2, runs
+    assert closed == [True]
+
+
+@check("Overriding a job's dependencies")
+def _testing_overrides(ns: dict[str, Any], backend: str) -> None:
+    anyio.run(ns["test_digest_is_sent"], backend=backend)
+    assert ns["scheduler"].dependency_overrides == {}
+
+
+@check("Testing with virtual time")
+def _virtual_time(ns: dict[str, Any], backend: str) -> None:
+    anyio.run(ns["test_a_week_of_reports"], backend=backend)
+    assert len(ns["sent"]) == 5
 
 
 @check("Schedules that survive restarts, and several workers")
@@ -520,9 +588,37 @@ def _basic_config(block: Block, tmp_path: Path) -> None:
         assert f"INFO {PACKAGE_LOGGER}: " in line, line
 
 
+def json_objects(text: str) -> list[Any]:
+    """The JSON documents printed one after another (the console exporters' output)."""
+    decoder, found, index = json.JSONDecoder(), [], 0
+    while (index := text.find("{", index)) != -1:
+        document, index = decoder.raw_decode(text, index)
+        found.append(document)
+    return found
+
+
+def _otel_console(block: Block, tmp_path: Path) -> None:
+    """The console exporters print the run's span, with the job's own span as its child,
+    and the run metrics (the SDK exports what is left when the process exits)."""
+    result = subprocess.run(
+        [sys.executable, "-c", block.source], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    documents = json_objects(result.stdout)
+    spans = {doc["name"]: doc for doc in documents if "context" in doc}
+    run, child = spans["task_scheduler.run"], spans["build report"]
+    assert run["attributes"]["task_scheduler.job_id"] == "report"
+    assert run["attributes"]["task_scheduler.outcome"] == "success"
+    assert child["parent_id"] == run["context"]["span_id"]
+    exported = json.dumps([doc for doc in documents if "resource_metrics" in doc])
+    for name in ("task_scheduler.runs", "task_scheduler.run.duration"):
+        assert f'"{name}"' in exported, result.stdout
+
+
 SUBPROCESS: dict[str, Callable[[Block, Path], None]] = {
     "On trio, or without a web framework": _trio,
     "Logging (1)": _basic_config,
+    "Metrics and tracing (3)": _otel_console,
 }
 
 
@@ -543,6 +639,7 @@ def test_block_runs(
         SUBPROCESS[key](block, tmp_path)
         return
     monkeypatch.setenv("SCHEDULER_API_KEY", "readme-test-key")  # the router block reads it
+    monkeypatch.setenv("DASHBOARD_PASSWORD", "readme-test-password")  # and the dashboard's
     namespace = run_block(block, backend)
     CHECKS.get(key, serve)(namespace, backend)
 

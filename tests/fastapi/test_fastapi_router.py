@@ -31,12 +31,15 @@ from library.components.scheduling.task_scheduler import (
 )
 from library.components.scheduling.task_scheduler._jobs import is_valid_job_id
 from library.components.scheduling.task_scheduler.fastapi import (
+    CSRF_HEADER,
     create_scheduler_router,
     get_scheduler,
 )
 
 API_KEY = "s3cret"
 GOOD = {"X-API-Key": API_KEY}
+CSRF = {CSRF_HEADER: "1"}
+"""What an API client sends on every request: POST and DELETE need it (test_fastapi_csrf.py)."""
 BAD = {"X-API-Key": "wrong"}
 
 api_key_header = APIKeyHeader(name="X-API-Key")
@@ -101,7 +104,7 @@ def client(backend: Backend) -> Iterator[TestClient]:
     gate.clear()
     app = make_app(make_scheduler())
     try:
-        with TestClient(app, backend=backend) as client:
+        with TestClient(app, backend=backend, headers=CSRF) as client:
             yield client
     finally:
         gate.set()
@@ -143,7 +146,7 @@ def test_job_ids_with_reserved_characters(backend: Backend) -> None:
     scheduler = TaskScheduler()
     scheduler.interval(seconds=3600)(noop)
     job_id = "helpers:noop"
-    with TestClient(make_app(scheduler), backend=backend) as client:
+    with TestClient(make_app(scheduler), backend=backend, headers=CSRF) as client:
         assert client.get(f"/scheduler/jobs/{job_id}").json()["id"] == job_id
         assert client.get("/scheduler/jobs/" + job_id.replace(":", "%3A")).status_code == 200
 
@@ -266,14 +269,14 @@ def test_valid_ids_are_reachable_is_reachable_through_every_job_route(
 ) -> None:
     scheduler = TaskScheduler()
     scheduler.interval(hours=1, id=job_id)(noop)
-    with TestClient(make_app(scheduler), backend=backend) as client:
+    with TestClient(make_app(scheduler), backend=backend, headers=CSRF) as client:
         check_reachable(client, job_id)
 
 
 def test_any_valid_id_is_reachable_through_every_job_route(backend: Backend) -> None:
     # Property: every id the rule accepts (_jobs.JOB_ID_RULE) is reachable, once added.
     scheduler = TaskScheduler()
-    with TestClient(make_app(scheduler), backend=backend) as client:
+    with TestClient(make_app(scheduler), backend=backend, headers=CSRF) as client:
 
         @settings(max_examples=60, deadline=None, database=None)
         @given(
@@ -343,7 +346,9 @@ def test_run_at_max_instances_is_a_conflict(client: TestClient) -> None:
 
 def test_run_when_the_scheduler_is_not_running_is_a_conflict(backend: Backend) -> None:
     scheduler = make_scheduler()  # explicit and never started
-    with TestClient(make_app(scheduler, lifespan=False, explicit=True), backend=backend) as client:
+    with TestClient(
+        make_app(scheduler, lifespan=False, explicit=True), backend=backend, headers=CSRF
+    ) as client:
         response = client.post("/scheduler/jobs/tick/run")
     assert response.status_code == 409
     assert response.json() == {"detail": "cannot run job 'tick' now: the scheduler is stopped"}
@@ -424,7 +429,7 @@ def test_runs_page_by_page(client: TestClient, route: str) -> None:
 
 def test_naive_before_is_read_in_the_schedulers_timezone(backend: Backend) -> None:
     scheduler = make_scheduler(timezone="Asia/Tokyo")  # UTC+9, no DST
-    with TestClient(make_app(scheduler), backend=backend) as client:
+    with TestClient(make_app(scheduler), backend=backend, headers=CSRF) as client:
         run = run_now(client, "tick")
         started = datetime.fromisoformat(run["started_at"])
         assert started.utcoffset() == timedelta(hours=9)
@@ -503,7 +508,9 @@ def test_workers_on_memory_is_this_process(client: TestClient) -> None:
 
 def test_workers_of_a_stopped_scheduler_is_empty(backend: Backend) -> None:
     scheduler = make_scheduler()  # explicit and never started
-    with TestClient(make_app(scheduler, lifespan=False, explicit=True), backend=backend) as client:
+    with TestClient(
+        make_app(scheduler, lifespan=False, explicit=True), backend=backend, headers=CSRF
+    ) as client:
         response = client.get("/scheduler/workers")
     assert response.status_code == 200
     assert response.json() == []
@@ -558,7 +565,7 @@ def wait_for_health(client: TestClient, code: int) -> dict[str, Any]:
 def test_health_fails_when_a_job_is_stale(backend: Backend) -> None:
     scheduler = make_scheduler()
     scheduler.interval(hours=1, id="watched", max_staleness=0.3)(noop)
-    with TestClient(make_app(scheduler), backend=backend) as client:
+    with TestClient(make_app(scheduler), backend=backend, headers=CSRF) as client:
         assert wait_for_health(client, 503) == {"status": "failing", "stale_jobs": 1}
         assert client.get("/scheduler/status").json()["stale_jobs"] == ["watched"]
         # A success resets the clock; a paused job is not checked.
@@ -571,7 +578,9 @@ def test_health_fails_when_a_job_is_stale(backend: Backend) -> None:
 
 def test_health_fails_when_the_scheduler_is_stopped(backend: Backend) -> None:
     scheduler = make_scheduler()
-    with TestClient(make_app(scheduler, lifespan=False, explicit=True), backend=backend) as client:
+    with TestClient(
+        make_app(scheduler, lifespan=False, explicit=True), backend=backend, headers=CSRF
+    ) as client:
         response = client.get("/scheduler/health")
     assert response.status_code == 503
     assert response.json() == {"status": "failing", "stale_jobs": 0}
@@ -603,7 +612,7 @@ def test_health_per_state(
 ) -> None:
     app = make_app(None, dependencies=GUARD)
     app.dependency_overrides[get_scheduler] = lambda: StubScheduler(state, stale)
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         response = client.get("/scheduler/health")
         assert (response.status_code, response.json()) == (code, body)
         # The details stay behind the guard.
@@ -624,6 +633,8 @@ GUARDED_ROUTES = [
     ("GET", "/scheduler/runs", 200),
     ("GET", "/scheduler/workers", 200),
     ("GET", "/scheduler/status", 200),
+    ("GET", "/scheduler/dashboard", 200),
+    ("GET", "/scheduler/metrics", 200),
     ("DELETE", "/scheduler/jobs/tick", 204),  # last: it removes the job
 ]
 
@@ -638,7 +649,7 @@ def test_dependencies_guard_every_route_but_health(backend: Backend) -> None:
     }
     expected = {(m, p.replace("tick", "{job_id}")) for m, p, _ in GUARDED_ROUTES}
     assert operations == expected  # the table below covers every guarded route
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         for method, path, ok in GUARDED_ROUTES:
             missing = client.request(method, path)
             assert missing.status_code == 401, (method, path)
@@ -651,7 +662,7 @@ def test_dependencies_guard_every_route_but_health(backend: Backend) -> None:
 def test_nothing_is_mounted_unless_included(backend: Backend) -> None:
     scheduler = make_scheduler()
     create_scheduler_router(scheduler)
-    with TestClient(FastAPI(lifespan=scheduler.lifespan), backend=backend) as client:
+    with TestClient(FastAPI(lifespan=scheduler.lifespan), backend=backend, headers=CSRF) as client:
         assert client.get("/scheduler/jobs").status_code == 404
         assert client.get("/scheduler/health").status_code == 404
 
@@ -660,7 +671,7 @@ def test_prefix_and_tags(backend: Backend) -> None:
     app = make_app(make_scheduler(), prefix="/admin/cron", tags=["ops", "cron"])
     operation = app.openapi()["paths"]["/admin/cron/jobs"]["get"]
     assert operation["tags"] == ["ops", "cron"]
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         assert client.get("/admin/cron/health").status_code == 200
         assert client.get("/scheduler/health").status_code == 404
 
@@ -680,14 +691,14 @@ def lone_scheduler(job_id: str) -> TaskScheduler:
 
 def test_scheduler_from_lifespan_state(backend: Backend) -> None:
     app = make_app(lone_scheduler("from-lifespan"))
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         assert job_ids(client) == ["from-lifespan"]
         assert client.get("/scheduler/health").status_code == 200
 
 
 def test_explicit_scheduler_without_lifespan_state(backend: Backend) -> None:
     app = make_app(lone_scheduler("explicit"), lifespan=False, explicit=True)
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         assert job_ids(client) == ["explicit"]
 
 
@@ -697,7 +708,7 @@ def test_explicit_scheduler_wins_over_lifespan_and_app_state(backend: Backend) -
     app.state.task_scheduler = lone_scheduler("from-app-state")
     app.include_router(create_scheduler_router(explicit))
     app.include_router(create_scheduler_router(prefix="/implicit"))
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         assert job_ids(client) == ["explicit"]
         assert ids(client.get("/implicit/jobs").json()) == ["from-lifespan"]
 
@@ -705,7 +716,7 @@ def test_explicit_scheduler_wins_over_lifespan_and_app_state(backend: Backend) -
 def test_scheduler_from_app_state(backend: Backend) -> None:
     app = make_app(None)
     app.state.task_scheduler = lone_scheduler("from-app-state")
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         assert job_ids(client) == ["from-app-state"]
 
 
@@ -714,7 +725,7 @@ def test_dependency_override_wins(backend: Backend, explicit: bool) -> None:
     scheduler = lone_scheduler("original")
     app = make_app(scheduler, explicit=explicit)
     app.dependency_overrides[get_scheduler] = lambda: lone_scheduler("override")
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         assert job_ids(client) == ["override"]
         app.dependency_overrides.clear()
         assert job_ids(client) == ["original"]
@@ -728,7 +739,7 @@ def test_get_scheduler_in_your_own_routes(backend: Backend) -> None:
     async def count(found: Annotated[TaskScheduler, Depends(get_scheduler)]) -> int:
         return len(await found.get_jobs())
 
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         assert client.get("/count").json() == 1
 
 
@@ -741,7 +752,7 @@ ALL_ROUTES: list[tuple[str, str]] = [
 def test_no_scheduler_is_a_503_with_an_explanation(backend: Backend) -> None:
     app = make_app(None)
     app.state.task_scheduler = "not a scheduler"  # ignored: only a TaskScheduler counts
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         for method, path in ALL_ROUTES:
             response = client.request(method, path)
             assert response.status_code == 503, (method, path)
@@ -749,7 +760,7 @@ def test_no_scheduler_is_a_503_with_an_explanation(backend: Backend) -> None:
 
 
 def test_no_scheduler_still_checks_credentials_first(backend: Backend) -> None:
-    with TestClient(make_app(None, dependencies=GUARD), backend=backend) as client:
+    with TestClient(make_app(None, dependencies=GUARD), backend=backend, headers=CSRF) as client:
         assert client.get("/scheduler/jobs").status_code == 401
         assert client.get("/scheduler/jobs", headers=GOOD).status_code == 503
 
@@ -790,12 +801,15 @@ def test_every_route_answers_503_when_the_store_is_unavailable(
         (method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item
     }
     assert routed == {(m, p.replace("tick", "{job_id}")) for m, p in ALL_ROUTES}
-    with TestClient(app, backend=backend) as client:
+    with TestClient(app, backend=backend, headers=CSRF) as client:
         store_goes_away(
             scheduler, monkeypatch, StoreUnavailableError("the store did not answer within 5.0 s")
         )
         for method, path in ALL_ROUTES:
             response = client.request(method, path, headers=GOOD)
+            if path == "/scheduler/dashboard":  # the page loads, and shows its calls' 503s
+                assert response.status_code == 200, response.text
+                continue
             assert response.status_code == 503, (method, path, response.text)
             if path == "/scheduler/health":  # unguarded: no reason given
                 assert response.json() == {"detail": "the scheduler's store is unavailable"}
@@ -813,7 +827,7 @@ def test_the_503_detail_gives_the_cause_without_the_sql(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scheduler = make_scheduler()
-    with TestClient(make_app(scheduler), backend=backend) as client:
+    with TestClient(make_app(scheduler), backend=backend, headers=CSRF) as client:
         cause = ConnectionRefusedError(111, "Connect call failed ('10.0.0.7', 5432)")
         error = StoreUnavailableError(f"the store is unavailable: {cause}")
         error.__cause__ = cause
@@ -880,7 +894,9 @@ OPERATIONS = {
     ),
     ("get", "/scheduler/workers"): ("scheduler_list_workers", {"200", "401", "403", "503"}),
     ("get", "/scheduler/status"): ("scheduler_status", {"200", "401", "403", "503"}),
+    ("get", "/scheduler/metrics"): ("scheduler_metrics", {"200", "401", "403", "501", "503"}),
     ("get", "/scheduler/health"): ("scheduler_health", {"200", "503"}),
+    ("get", "/scheduler/dashboard"): ("scheduler_dashboard", {"200", "304", "401", "403", "503"}),
 }
 
 
@@ -933,5 +949,10 @@ def test_openapi_documents_the_runs_and_workers_models() -> None:
 def test_openapi_without_guards_documents_no_401() -> None:
     schema = make_app(None).openapi()
     for item in schema["paths"].values():
-        for operation in item.values():
-            assert not {"401", "403"} & set(operation["responses"])
+        for method, operation in item.items():
+            assert "401" not in operation["responses"]
+            if method in ("post", "delete"):  # the CSRF check's 403 only
+                refused = operation["responses"]["403"]["description"]
+                assert refused.startswith("The X-Task-Scheduler header is missing")
+            else:
+                assert "403" not in operation["responses"]

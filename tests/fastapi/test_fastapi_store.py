@@ -26,7 +26,10 @@ from library.components.scheduling.task_scheduler import (
     SchedulerConfig,
     TaskScheduler,
 )
-from library.components.scheduling.task_scheduler.fastapi import create_scheduler_router
+from library.components.scheduling.task_scheduler.fastapi import (
+    CSRF_HEADER,
+    create_scheduler_router,
+)
 from library.components.scheduling.task_scheduler.testing import wait_for_runs
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +68,10 @@ async def serving(*schedulers: TaskScheduler) -> AsyncIterator[httpx.AsyncClient
             await stack.enter_async_context(scheduler)
         transport = httpx.ASGITransport(app=app)
         yield await stack.enter_async_context(
-            httpx.AsyncClient(transport=transport, base_url="http://test")
+            # As an API client does: POST and DELETE carry the CSRF header.
+            httpx.AsyncClient(
+                transport=transport, base_url="http://test", headers={CSRF_HEADER: "1"}
+            )
         )
 
 

@@ -17,10 +17,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from library.components.scheduling.task_scheduler.fastapi import CSRF_HEADER
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 STARTUP_TIMEOUT = 30.0
 EXIT_TIMEOUT = 15.0
+CSRF = {CSRF_HEADER: "1"}
+"""An API client's POSTs carry the CSRF header."""
 UVICORN_ARGS = ["app_module:app", "--host", "127.0.0.1", "--port", "0"]
 
 APP = textwrap.dedent(
@@ -134,7 +138,7 @@ def assert_clean_exit(code: int, signum: signal.Signals, output: str) -> None:
 
 def test_serve_then_stop_on_sigint(server: Server) -> None:
     base_url = server.wait_ready()
-    with httpx.Client(base_url=base_url, timeout=10) as client:
+    with httpx.Client(base_url=base_url, timeout=10, headers=CSRF) as client:
         jobs = client.get("/scheduler/jobs")
         assert jobs.status_code == 200
         assert sorted(job["id"] for job in jobs.json()) == ["slow", "tick"]
@@ -150,7 +154,7 @@ def test_serve_then_stop_on_sigint(server: Server) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_job_running_at_shutdown_finishes(server: Server, signum: signal.Signals) -> None:
     base_url = server.wait_ready()
-    with httpx.Client(base_url=base_url, timeout=10) as client:
+    with httpx.Client(base_url=base_url, timeout=10, headers=CSRF) as client:
         accepted = client.post("/scheduler/jobs/slow/run")
         assert accepted.status_code == 202
         run_id = accepted.json()["run_id"]
@@ -178,7 +182,7 @@ def test_ids_with_percent_escapes_are_reachable(tmp_path: Path) -> None:
     server = Server(tmp_path)
     try:
         base_url = server.wait_ready()
-        with httpx.Client(base_url=base_url, timeout=10) as client:
+        with httpx.Client(base_url=base_url, timeout=10, headers=CSRF) as client:
             for job_id in PERCENT_IDS:
                 url = f"/scheduler/jobs/{quote(job_id, safe='')}"
                 assert client.get(url).json()["id"] == job_id

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from library.components.scheduling.task_scheduler.fastapi import CSRF_HEADER
+
 WORKERS = Path(__file__).parent / "workers"
 WORKER = WORKERS / "cluster_worker.py"
 LIFETIME = 150  # seconds: every process stops by itself after this, even if the test hangs
@@ -164,7 +166,9 @@ def wait_for(
 
 @pytest.fixture
 def cluster(pg_url: str, tmp_path: Path) -> Iterator[Cluster]:
-    with httpx.Client(timeout=15, trust_env=False) as client:  # loopback: no proxy
+    # Loopback: no proxy. As an API client does: POST and DELETE carry the CSRF header.
+    headers = {CSRF_HEADER: "1"}
+    with httpx.Client(timeout=15, trust_env=False, headers=headers) as client:
         running = Cluster(pg_url, tmp_path, client)
         try:
             yield running

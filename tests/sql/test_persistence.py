@@ -106,6 +106,64 @@ async def test_jobs_no_longer_declared_are_removed_runtime_jobs_are_kept(store: 
     assert "hello ada!" in CALLS
 
 
+async def test_apps_in_other_namespaces_keep_their_jobs(
+    store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    billing = TaskScheduler(SchedulerConfig(store=store, namespace="billing"))
+    billing.cron("0 2 * * *", id="billing-nightly")(tick)
+    async with billing:
+        await billing.add_interval_job(greet, "billing-greet", hours=1, args=["ada"])
+    emails = TaskScheduler(SchedulerConfig(store=store, namespace="emails"))
+    emails.cron("0 3 * * *", id="emails-nightly")(other)
+    async with emails:
+        here = sorted(job.id for job in await emails.get_jobs())
+    again = TaskScheduler(SchedulerConfig(store=store, namespace="billing"))
+    again.cron("0 2 * * *", id="billing-nightly")(tick)
+    async with again:
+        there = sorted(job.id for job in await again.get_jobs())
+    # Each app sees its own jobs; nothing of the other was removed or taken over.
+    assert here == ["emails-nightly"]
+    assert there == ["billing-greet", "billing-nightly"]
+    assert "no longer declared" not in caplog.text
+
+
+async def test_a_job_no_longer_declared_is_removed_with_a_warning(
+    store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = TaskScheduler(SchedulerConfig(store=store, namespace="billing"))
+    first.cron("0 2 * * *", id="billing-nightly")(tick)
+    first.cron("0 3 * * *", id="billing-old")(other)
+    async with first:
+        pass
+    second = TaskScheduler(SchedulerConfig(store=store, namespace="billing"))
+    second.cron("0 2 * * *", id="billing-nightly")(tick)
+    async with second:
+        ids = [job.id for job in await second.get_jobs()]
+    assert ids == ["billing-nightly"]
+    [removal] = [r for r in caplog.records if "no longer declared" in r.getMessage()]
+    assert removal.levelname == "WARNING"
+    assert "'billing-old'" in removal.getMessage() and "'billing'" in removal.getMessage()
+
+
+async def test_an_id_declared_by_another_namespace_fails_start_and_keeps_its_job(
+    store: str,
+) -> None:
+    billing = TaskScheduler(SchedulerConfig(store=store, namespace="billing"))
+    billing.cron("0 2 * * *", id="nightly")(tick)
+    async with billing:
+        pass
+    emails = TaskScheduler(SchedulerConfig(store=store, namespace="emails"))
+    emails.cron("0 3 * * *", id="nightly")(other)
+    with pytest.raises(ValueError, match=r"'nightly'.*namespace 'emails'.*'billing'"):
+        async with emails:
+            pass
+    again = TaskScheduler(SchedulerConfig(store=store, namespace="billing"))
+    again.cron("0 2 * * *", id="nightly")(tick)
+    async with again:
+        job = await again.get_job("nightly")
+    assert job.trigger.expression == "0 2 * * *"
+
+
 async def backlog_after_restart(store: str, **job: object) -> list[RunInfo]:
     """The runs of a restart after ~2 s down: the schedule (every 0.5 s) ends before the
     restart, so every run of the second start is a catch-up run - identified by who ran it,

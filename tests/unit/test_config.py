@@ -52,3 +52,11 @@ def test_config_is_frozen() -> None:
     config = SchedulerConfig()
     with pytest.raises(ValidationError):
         config.timezone = "Europe/London"  # type: ignore[misc]
+
+
+def test_namespace_defaults_to_default_and_is_checked() -> None:
+    assert SchedulerConfig().namespace == "default"
+    assert SchedulerConfig(namespace="billing.v2:eu-1").namespace == "billing.v2:eu-1"
+    for bad in ["", "has space", "x" * 65, "slash/es"]:
+        with pytest.raises(ValueError, match=r"invalid namespace .*letters, digits"):
+            SchedulerConfig(namespace=bad)

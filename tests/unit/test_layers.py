@@ -5,7 +5,9 @@
 - nothing outside ``_aps/`` imports a private module of APScheduler (``apscheduler._*``);
 - the ``_aps/`` layer never imports the layers above it (only ``_errors``, ``_log``,
   ``_clock``, ``_shared``, ``_urls``);
-- the modules at the bottom import nothing of the package above them.
+- the modules at the bottom import nothing of the package above them;
+- an optional dependency (an extra) is imported by its one module only, which the facade
+  imports lazily (inside the method that needs it): the package imports without the extras.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ NAME = task_scheduler.__name__
 BOTTOM = {"_errors", "_log", "_clock", "_shared", "_models"}
 """Modules every layer may import; they import nothing of the package (but _errors)."""
 APS_MAY_IMPORT = BOTTOM | {"_urls"}
+OPTIONAL = {"prometheus_client": "_metrics", "opentelemetry": "_otel"}
+"""Each optional dependency (``metrics``, ``otel`` extras) and the one module importing it."""
+OBSERVERS_MAY_IMPORT = BOTTOM | {"_runs"}
 
 
 def module_name(path: Path) -> str:
@@ -118,3 +123,57 @@ def test_the_adapter_layer_imports_only_downwards(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(BOTTOM))
 def test_the_bottom_modules_import_nothing_above_them(name: str) -> None:
     assert package_imports(name) <= {"_errors"}
+
+
+def third_party(path: Path) -> set[str]:
+    """Top-level names of the distributions a module imports (absolute imports)."""
+    found: set[str] = set()
+    for node in runtime_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.partition(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_an_optional_dependency_is_imported_by_its_module_only(name: str) -> None:
+    for dependency, owner in OPTIONAL.items():
+        if dependency in third_party(MODULES[name]):
+            assert name == owner, f"{name} imports {dependency}: only {owner} may"
+
+
+@pytest.mark.parametrize("module", sorted(OPTIONAL.values()))
+def test_the_optional_modules_are_imported_lazily_by_the_facade(module: str) -> None:
+    importers = sorted(name for name in MODULES if module in package_imports(name))
+    assert importers == ["_scheduler"], importers
+    tree = ast.parse(MODULES["_scheduler"].read_text())
+    top_level = [
+        node.module
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+    ]
+    assert module not in top_level, f"_scheduler imports {module} at import time"
+    assert package_imports(module) <= OBSERVERS_MAY_IMPORT, package_imports(module)
+
+
+RUNS_JOBS = {"_scheduler", "_lifecycle", "_backend", "_executor", "_hooks"}
+"""The modules that run jobs: what sees a store from outside must not need them."""
+
+
+def test_the_store_seen_from_outside_runs_nothing() -> None:
+    """``_admin`` (the task-scheduler command's view of a store) starts no engine, claims
+    nothing, and never imports what runs jobs; ``_cli`` stands on ``_admin`` alone."""
+    assert package_imports("_admin") & RUNS_JOBS == set()
+    assert "_aps.stores" in package_imports("_admin")
+    assert package_imports("_cli") - BOTTOM == {"_admin"}
+    assert package_imports("__main__") - BOTTOM == {"_cli"}
+    assert "_admin" not in {dep for name in RUNS_JOBS for dep in package_imports(name)}
+
+
+def test_virtual_time_is_imported_by_testing_only() -> None:
+    """Virtual time costs nothing unless a test enters it: only ``testing`` imports
+    ``_virtual``; the engine, executor and lifecycle know a clock through ``_clock`` alone."""
+    importers = sorted(name for name in MODULES if "_virtual" in package_imports(name))
+    assert importers == ["testing"]
+    assert package_imports("_virtual") <= BOTTOM

@@ -106,3 +106,17 @@ def test_bad_declarations_raise_our_errors(declare: object, error: type[Exceptio
 def test_a_bad_store_url_is_a_value_error_naming_it() -> None:
     with pytest.raises(ValueError, match="mysql://app:\\*\\*\\*@db/app"):
         SchedulerConfig(store="mysql://app:hunter2@db/app")
+
+
+def test_the_fastapi_module_exports_exactly_its_public_names() -> None:
+    from library.components.scheduling.task_scheduler import fastapi
+
+    assert sorted(fastapi.__all__) == [
+        "CSRF_HEADER",
+        "ErrorDetail",
+        "Health",
+        "RunAccepted",
+        "create_scheduler_router",
+        "get_scheduler",
+    ]
+    assert fastapi.CSRF_HEADER == "X-Task-Scheduler"

@@ -37,11 +37,12 @@ from apscheduler.abc import DataStore, EventBroker
 
 from ._aps.engine import EXECUTOR_NAME, MEMORY_TASK_ID, make_engine, run_by_executor
 from ._aps.errors import engine_errors
-from ._aps.leases import CLEANUP_INTERVAL, LEASE_DURATION
+from ._aps.leases import CLEANUP_INTERVAL, LEASE_DURATION, VIRTUAL_LEASE
 from ._aps.serializer import SafeJSONSerializer
 from ._aps.stores import open_memory_store, open_sql_store
-from ._clock import utcnow
+from ._clock import REAL_CLOCK, Clock
 from ._config import SchedulerConfig
+from ._errors import UnsupportedError
 from ._executor import TaskExecutor
 from ._history import ClusterHistory, History, RunRecorder, Worker, WorkerStatus, store_timeout
 from ._jobs import JobSpec
@@ -49,6 +50,7 @@ from ._log import logger
 from ._reconcile import (
     as_metadata,
     check_storable,
+    namespace_of,
     plan,
     spec_from_definition,
     stored_definition,
@@ -76,9 +78,14 @@ class Backend(Protocol):
         """The job of a fire nobody here declared (another process added it), or None."""
 
     async def open(
-        self, exit_stack: AsyncExitStack, executor: TaskExecutor, identity: str
+        self,
+        exit_stack: AsyncExitStack,
+        executor: TaskExecutor,
+        identity: str,
+        clock: Clock = REAL_CLOCK,
     ) -> AsyncScheduler:
-        """Open the store and broker (closed by ``exit_stack``); the engine that runs them."""
+        """Open the store and broker (closed by ``exit_stack``); the engine that runs them,
+        by ``clock``'s time (a virtual clock: memory store only, checked by ``testing``)."""
 
     async def install_all(self, engine: AsyncScheduler) -> None:
         """Place every registered job in the engine (at each engine start)."""
@@ -139,6 +146,8 @@ class _EngineBackend(ABC):
         self._config = config
         self._registry = registry
         self._tz: ZoneInfo = config.tzinfo
+        self._now = REAL_CLOCK.now
+        """The clock of the current run's ``now`` (set by ``open``)."""
 
     def _engine(
         self,
@@ -146,6 +155,7 @@ class _EngineBackend(ABC):
         event_broker: EventBroker,
         executor: TaskExecutor,
         identity: str,
+        clock: Clock = REAL_CLOCK,
         **settings: timedelta,
     ) -> AsyncScheduler:
         return make_engine(
@@ -154,6 +164,7 @@ class _EngineBackend(ABC):
             executor=executor,
             identity=identity,
             max_concurrent_jobs=self._config.max_concurrent_jobs,
+            clock=clock,
             **settings,
         )
 
@@ -206,7 +217,7 @@ class _EngineBackend(ABC):
 
     async def place(self, engine: AsyncScheduler, runtime: JobRuntime) -> None:
         with store_timeout():
-            await self._schedule(engine, runtime, utcnow(), allow_past=True)
+            await self._schedule(engine, runtime, self._now(), allow_past=True)
 
     async def pause(self, engine: AsyncScheduler, job_id: str) -> None:
         with store_timeout(), engine_errors(job_id):
@@ -214,7 +225,7 @@ class _EngineBackend(ABC):
 
     async def resume(self, engine: AsyncScheduler, job_id: str) -> None:
         with store_timeout(), engine_errors(job_id):
-            await engine.unpause_schedule(job_id, resume_from="now")
+            await engine.unpause_schedule(job_id, resume_from=self._now())
 
     async def remove(self, engine: AsyncScheduler, job_id: str) -> None:
         with store_timeout():
@@ -245,12 +256,20 @@ class MemoryBackend(_EngineBackend):
         return None  # one process: every job is declared or added here
 
     async def open(
-        self, exit_stack: AsyncExitStack, executor: TaskExecutor, identity: str
+        self,
+        exit_stack: AsyncExitStack,
+        executor: TaskExecutor,
+        identity: str,
+        clock: Clock = REAL_CLOCK,
     ) -> AsyncScheduler:
+        self._now = clock.now
         data_store, event_broker = await open_memory_store(
-            self._config.event_broker, connect_timeout=self._config.connect_timeout
+            self._config.event_broker,
+            connect_timeout=self._config.connect_timeout,
+            now=clock.now,
         )
-        engine = self._engine(data_store, event_broker, executor, identity)
+        settings = {"lease_duration": timedelta(seconds=VIRTUAL_LEASE)} if clock.virtual else {}
+        engine = self._engine(data_store, event_broker, executor, identity, clock, **settings)
         declared = [runtime.spec.id for runtime in self._registry if runtime.spec.declared]
         lock = warn_about_siblings(declared)
         if lock is not None:
@@ -265,7 +284,7 @@ class MemoryBackend(_EngineBackend):
             max_running_jobs=None,  # max_instances is ours, per job (trap 7)
             misfire_grace_time=None,  # misfire_grace_time is ours too: recorded `missed`
         )
-        now = utcnow()
+        now = self._now()
         for runtime in self._registry:
             await self._schedule(engine, runtime, now, allow_past=False)
 
@@ -312,6 +331,7 @@ class SQLBackend(_EngineBackend):
         super().__init__(config, registry)
         self._store = store
         self._serializer = SafeJSONSerializer()
+        self._namespace = config.namespace
         self._data_store: SQLStore | None = None
         """The store of the current run (its drain calls)."""
         self.recorder: RunRecorder | None = RunRecorder(
@@ -324,8 +344,16 @@ class SQLBackend(_EngineBackend):
         check_storable(spec, self._serializer)
 
     async def open(
-        self, exit_stack: AsyncExitStack, executor: TaskExecutor, identity: str
+        self,
+        exit_stack: AsyncExitStack,
+        executor: TaskExecutor,
+        identity: str,
+        clock: Clock = REAL_CLOCK,
     ) -> AsyncScheduler:
+        if clock.virtual:
+            raise UnsupportedError(
+                f"virtual time runs on the memory store only, not on {self._store.kind}://"
+            )
         data_store, event_broker = await open_sql_store(
             self._store,
             self._config.event_broker,
@@ -370,7 +398,7 @@ class SQLBackend(_EngineBackend):
         return spec.id
 
     def _metadata(self, spec: JobSpec) -> dict[str, Any]:
-        return dict(as_metadata(spec))  # the definition travels with the schedule
+        return dict(as_metadata(spec, self._namespace))  # the definition travels with it
 
     async def install_all(self, engine: AsyncScheduler) -> None:
         """Reconcile the declared jobs with the store, and adopt the jobs added at run time."""
@@ -378,11 +406,11 @@ class SQLBackend(_EngineBackend):
         specs = {spec.id: spec for spec in registry.specs()}
         for spec in specs.values():
             check_storable(spec, self._serializer, resolve=True)
-        todo = plan(specs, list(await engine.get_schedules()))
+        todo = plan(specs, list(await engine.get_schedules()), self._namespace)
         for spec in todo.create:
             # do_nothing: several processes starting at once each try to create it.
             await self._schedule(
-                engine, registry[spec.id], utcnow(), allow_past=False,
+                engine, registry[spec.id], self._now(), allow_past=False,
                 policy=ConflictPolicy.do_nothing,
             )  # fmt: skip
         for spec, schedule in todo.keep:
@@ -395,13 +423,17 @@ class SQLBackend(_EngineBackend):
                 runtime.paused = stored[spec.id].paused
             # A changed definition gets a fresh trigger from now: no extra run (trap 11).
             await self._schedule(
-                engine, runtime, utcnow(), allow_past=False, policy=ConflictPolicy.replace
+                engine, runtime, self._now(), allow_past=False, policy=ConflictPolicy.replace
             )
             logger.info("job %r changed since it was stored: updated", spec.id)
         for job_id in todo.remove:
             await engine.remove_schedule(job_id)
             await self._remove_task(engine, job_id)
-            logger.info("job %r is no longer declared: removed from the store", job_id)
+            logger.warning(
+                "job %r is no longer declared in namespace %r: removed from the store",
+                job_id,
+                self._namespace,
+            )
         for job_id, data, schedule in todo.adopt:
             runtime_or_none = self._load(job_id, data, paused=schedule.paused)
             if runtime_or_none is not None:
@@ -421,6 +453,8 @@ class SQLBackend(_EngineBackend):
         data = stored_definition(job)
         if data is None or job.task_id in self._registry:
             return None
+        if namespace_of(data) != self._namespace:
+            return None  # another app's job, on a store both share
         return self._load(job.task_id, data, paused=False)
 
     async def _remove(self, engine: AsyncScheduler, job_id: str) -> None:

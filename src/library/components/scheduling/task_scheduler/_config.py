@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._errors import InvalidValueError
-from ._urls import parse_broker_url, parse_store_url
+from ._urls import parse_broker_url, parse_store_url, redact
+
+DEFAULT_NAMESPACE = "default"
+"""The namespace of jobs stored before namespaces existed, and of every app that sets none."""
+NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class JobDefaults(BaseModel):
@@ -111,11 +117,36 @@ class SchedulerConfig(BaseModel):
     connect_timeout: float = Field(
         10.0, gt=0, description="Seconds start() waits for a store or broker server to answer."
     )
+    namespace: str = Field(
+        DEFAULT_NAMESPACE,
+        description="Which app's jobs these are, in a store several apps share: start() "
+        "removes a declared job that is no longer declared only in its own namespace, and "
+        "takes over only its own namespace's jobs added at run time. Every worker of one "
+        "app uses the same value.",
+    )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() show the URLs without their passwords (model_dump keeps them:
+        # it is the data, not a message).
+        for name, value in super().__repr_args__():
+            if name in ("store", "event_broker") and isinstance(value, str):
+                yield name, redact(value)
+            else:
+                yield name, value
 
     @field_validator("timezone")
     @classmethod
     def _iana_timezone(cls, value: str) -> str:
         return validate_timezone(value)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not NAMESPACE_PATTERN.fullmatch(value):
+            raise InvalidValueError(
+                f"invalid namespace {value!r}: use 1-64 letters, digits, '.', '_', ':' or '-'"
+            )
+        return value
 
     @field_validator("store")
     @classmethod

@@ -25,21 +25,31 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import anyio
-from anyio import TASK_STATUS_IGNORED, CapacityLimiter, get_cancelled_exc_class, to_thread
+from anyio import TASK_STATUS_IGNORED, get_cancelled_exc_class
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 from apscheduler import Job
 from apscheduler.abc import JobExecutor
 
-from ._clock import utcnow
+from ._clock import REAL_CLOCK, Clock
 from ._errors import JobNotFoundError, SchedulerStateError
 from ._jobs import JobSpec
 from ._log import logger
 from ._models import Outcome
 from ._registry import JobRegistry, JobRuntime
-from ._runs import OUTCOME_INDEX, RunRecord, log_run, next_seq, retry_delay
+from ._runs import (
+    OUTCOME_INDEX,
+    QUEUED_RUN_KEY,
+    RunObserver,
+    RunRecord,
+    log_run,
+    next_seq,
+    retry_delay,
+)
+from ._threads import JobThreads
 
 if TYPE_CHECKING:
+    from ._depends import DependencyOverrides
     from ._history import RunRecorder
 
 RETRY_BUFFER = 1000
@@ -73,6 +83,7 @@ class TaskExecutor(JobExecutor):
         adopt: Callable[[Job], JobRuntime | None] | None = None,
         on_finished: Callable[[RunRecord], None] | None = None,
         recorder: RunRecorder | None = None,
+        overrides: DependencyOverrides | None = None,
     ) -> None:
         self.tz = tz
         self.history_size = history_size
@@ -83,14 +94,27 @@ class TaskExecutor(JobExecutor):
         """Called with every finished attempt (the hook dispatcher)."""
         self._recorder = recorder
         """Records each attempt's start and end for the cluster (persistent stores)."""
-        self._thread_limit = thread_limit
-        self._limiter: CapacityLimiter | None = None
+        self._observer: RunObserver | None = None
+        """Metrics and tracing of each attempt (None, and no cost, while both are off)."""
+        self._overrides = overrides
+        """Dependency overrides, for jobs with ``Depends`` parameters."""
+        self._threads = JobThreads[JobRuntime](
+            thread_limit, self._thread_abandoned, self._thread_ended
+        )
         self._run_now_scopes: set[anyio.CancelScope] = set()
         self._in_progress = 0
         self._draining = False
         self._drain_event: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._retry_send: MemoryObjectSendStream[str] | None = None
+        self._bind(REAL_CLOCK)
+
+    def _bind(self, clock: Clock) -> None:
+        """Read the time and wait by ``clock`` (bound once per start: nothing per run)."""
+        self._clock = clock
+        self._now = clock.now
+        self._sleep = clock.sleep
+        self._move_on_after = clock.move_on_after
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -98,14 +122,37 @@ class TaskExecutor(JobExecutor):
     def in_progress(self) -> int:
         return self._in_progress
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of plain ``def`` runs that ended (timed out, cancelled) and still run."""
+        return self._threads.abandoned
+
+    def _thread_abandoned(self, runtime: JobRuntime) -> None:
+        # The run has ended; its thread holds the job's max_instances slot until it ends,
+        # so a hung job's later fires are skipped instead of starting thread after thread.
+        runtime.running += 1
+
+    def _thread_ended(self, runtime: JobRuntime) -> None:
+        runtime.running -= 1
+        if runtime.slot_freed is not None:
+            runtime.slot_freed.set()
+            runtime.slot_freed = None
+        logger.info("job %r: the worker thread of a run that had ended returned", runtime.spec.id)
+
     # -- lifecycle ---------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Called by the lifecycle in its event loop before the engine starts."""
+    def observe(self, observer: RunObserver | None) -> None:
+        """Tell ``observer`` of every attempt from now on (None: of none)."""
+        self._observer = observer
+
+    def open(self, clock: Clock = REAL_CLOCK) -> None:
+        """Called by the lifecycle in its event loop before the engine starts; runs read
+        the time and wait by ``clock`` until the next ``open``."""
+        self._bind(clock)
         self._draining = False
         self._drain_event = anyio.Event()
         self._idle = None
-        self._limiter = CapacityLimiter(self._thread_limit)
+        self._threads.open()
         self._retry_send = None
 
     async def serve_retries(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
@@ -205,7 +252,7 @@ class TaskExecutor(JobExecutor):
     ) -> None:
         scheduled = job.scheduled_fire_time or job.created_at
         record = RunRecord(next_seq(), runtime.spec.id, 1, scheduled)
-        record.finished_at = utcnow()
+        record.finished_at = self._now()
         self._finish(runtime, record, outcome, None, message, fire_id=fire_id)
 
     # -- run now -----------------------------------------------------------------------
@@ -222,7 +269,7 @@ class TaskExecutor(JobExecutor):
         runtime = self._jobs.get(job_id)
         if runtime is None:
             raise JobNotFoundError(job_id)
-        record = RunRecord(next_seq(), job_id, 1, utcnow())
+        record = RunRecord(next_seq(), job_id, 1, self._now())
         if runtime.running >= runtime.spec.options.max_instances:
             record.finished_at = record.scheduled_at
             self._finish(runtime, record, Outcome.skipped, None, None)
@@ -246,7 +293,10 @@ class TaskExecutor(JobExecutor):
         # By schedule id, which is our job id on every store; the task id is the job id on
         # persistent stores only (on the memory store, every job is scheduled under one task).
         schedule_id = job.schedule_id
-        runtime = None if schedule_id is None else self._jobs.get(schedule_id)
+        if schedule_id is None:
+            await self._run_queued(job)  # never a scheduled fire: those have a schedule
+            return
+        runtime = self._jobs.get(schedule_id)
         if runtime is None:
             runtime = self._adopt(job) if self._adopt is not None else None
             if runtime is None:
@@ -259,7 +309,7 @@ class TaskExecutor(JobExecutor):
         if runtime.paused:
             # Enqueued before the job was paused: on a shared store it can wait in the queue
             # (a stopping process leaves it there) until after a restart. No run starts.
-            record.finished_at = utcnow()
+            record.finished_at = self._now()
             self._finish(runtime, record, Outcome.skipped, None, "the job was paused")
             return
         options = spec.options
@@ -271,7 +321,7 @@ class TaskExecutor(JobExecutor):
             await self._jitter(options.jitter, grace, fire_time)
         while True:
             if self._draining:
-                record.finished_at = utcnow()
+                record.finished_at = self._now()
                 # Never started: not a cancelled run (that is one stopped while it ran).
                 message = "not started: the scheduler is shutting down"
                 self._finish(runtime, record, Outcome.skipped, None, message)
@@ -279,7 +329,7 @@ class TaskExecutor(JobExecutor):
             if runtime.running < options.max_instances:
                 break
             if options.coalesce or not self._in_backlog(runtime, fire_time):
-                record.finished_at = utcnow()
+                record.finished_at = self._now()
                 message = (
                     f"{runtime.running} run(s) in progress, "
                     f"max_instances is {options.max_instances}"
@@ -294,15 +344,57 @@ class TaskExecutor(JobExecutor):
         self._hold(runtime, record)
         await self._run_fire(runtime, record, str(job.id))
 
-    def _missed(self, runtime: JobRuntime, record: RunRecord, grace: float) -> bool:
+    async def _run_queued(self, job: Job) -> None:
+        """A run-now queued in the store from outside (``task-scheduler run``): run it here,
+        under the job's rules as a run-now (a paused job runs too; at ``max_instances`` it
+        is ``skipped``), ``missed`` if it waited in the queue longer than the job's
+        ``misfire_grace_time``. Every attempt carries the engine job's id as its fire id:
+        whoever asked finds the runs by it, and a survivor finishes the one in progress if
+        this process dies."""
+        requested_by = job.metadata.get(QUEUED_RUN_KEY) if job.metadata else None
+        if requested_by is None:
+            return  # not ours: we queue no other unscheduled jobs
+        runtime = self._jobs.get(job.task_id)
+        if runtime is None:
+            runtime = self._adopt(job) if self._adopt is not None else None
+            if runtime is None:
+                logger.warning(
+                    "run-now of job %r requested by %s: no such job here, not run",
+                    job.task_id,
+                    requested_by,
+                )
+                return
+        options = runtime.spec.options
+        fire_id = str(job.id)
+        record = RunRecord(next_seq(), runtime.spec.id, 1, job.created_at)
+        if self._draining:
+            message = "not started: the scheduler is shutting down"
+        elif runtime.running >= options.max_instances:
+            message = (
+                f"{runtime.running} run(s) in progress, max_instances is {options.max_instances}"
+            )
+        else:
+            grace = options.misfire_grace_time
+            if grace is not None and self._missed(runtime, record, grace, fire_id):
+                return
+            logger.info("job %r: run-now requested by %s", runtime.spec.id, requested_by)
+            self._hold(runtime, record)
+            await self._run_fire(runtime, record, fire_id, every_attempt=True)
+            return
+        record.finished_at = self._now()
+        self._finish(runtime, record, Outcome.skipped, None, message, record_fire=fire_id)
+
+    def _missed(
+        self, runtime: JobRuntime, record: RunRecord, grace: float, fire_id: str | None = None
+    ) -> bool:
         """Record the fire as ``missed`` if it is later than ``grace`` seconds now."""
-        now = utcnow()
+        now = self._now()
         late = (now - record.scheduled_at).total_seconds()
         if late <= grace:
             return False
         record.finished_at = now
         message = f"started {late:.3f} s late, misfire_grace_time is {grace} s"
-        self._finish(runtime, record, Outcome.missed, None, message)
+        self._finish(runtime, record, Outcome.missed, None, message, record_fire=fire_id)
         return True
 
     @staticmethod
@@ -334,28 +426,35 @@ class TaskExecutor(JobExecutor):
         if self._in_progress == 0 and self._idle is not None:
             self._idle.set()
 
-    @staticmethod
-    async def _jitter(jitter: float, grace: float | None, fire_time: datetime) -> None:
+    async def _jitter(self, jitter: float, grace: float | None, fire_time: datetime) -> None:
         # Trap 8 (4.0.0a6): the engine's max_jitter delays nothing, so we wait here, never so
         # long that the run would pass its misfire_grace_time.
         limit = jitter
         if grace is not None:
-            limit = min(limit, grace - (utcnow() - fire_time).total_seconds())
+            limit = min(limit, grace - (self._now() - fire_time).total_seconds())
         if limit > 0:
-            await anyio.sleep(random.uniform(0, limit))
+            await self._sleep(random.uniform(0, limit))
 
     async def _run_fire(
-        self, runtime: JobRuntime, record: RunRecord, fire_id: str | None = None
+        self,
+        runtime: JobRuntime,
+        record: RunRecord,
+        fire_id: str | None = None,
+        *,
+        every_attempt: bool = False,
     ) -> RunRecord:
         """All attempts of one fire (:meth:`_hold` counted it); returns the last attempt.
 
         ``fire_id``: the engine job's id, for a scheduled fire (the history finishes its
-        run as ``abandoned`` by that id if this process dies while running it).
+        run as ``abandoned`` by that id if this process dies while running it); for the
+        first attempt only, unless ``every_attempt`` (a queued run-now: its caller follows
+        its attempts by that id).
         """
         try:
             while True:
                 delay = await self._attempt(runtime, record, fire_id)
-                fire_id = None  # retries are new attempts, run by this process
+                if not every_attempt:
+                    fire_id = None  # retries are new attempts, run by this process
                 if delay is None:
                     return record
                 record = RunRecord(
@@ -364,14 +463,25 @@ class TaskExecutor(JobExecutor):
                 runtime.add_active(record)
                 if not await self._retry_wait(delay):
                     runtime.drop_active(record)
-                    record.finished_at = utcnow()
-                    self._finish(runtime, record, Outcome.cancelled, None, "scheduler stopped")
+                    record.finished_at = self._now()
+                    message = "scheduler stopped"
+                    self._finish(
+                        runtime, record, Outcome.cancelled, None, message,
+                        record_fire=fire_id if every_attempt else None,
+                    )  # fmt: skip
                     return record
         finally:
             self._release(runtime)
 
     async def _retry_wait(self, delay: float) -> bool:
         """Sleep before a retry; False if the scheduler began to shut down meanwhile."""
+        if self._clock.virtual:
+            # A wait for virtual time; the clock cancels it when the drain begins.
+            try:
+                await self._sleep(delay)
+            except get_cancelled_exc_class():
+                return False
+            return not self._draining
         if self._drain_event is None:
             await anyio.sleep(delay)
             return True
@@ -400,15 +510,17 @@ class TaskExecutor(JobExecutor):
         """
         spec = runtime.spec
         timeout = spec.options.timeout
-        record.started_at = utcnow()
+        record.started_at = self._now()
         if self._recorder is not None:
             self._recorder.started(record, fire_id)
+        if self._observer is not None:
+            self._observer.started(record)
         try:
             if timeout is None:
-                await self._call(spec)
+                await self._call(spec, runtime)
             else:
-                with anyio.move_on_after(timeout) as scope:
-                    await self._call(spec)
+                with self._move_on_after(timeout) as scope:
+                    await self._call(spec, runtime)
                 if scope.cancelled_caught:
                     if not spec.is_async:
                         logger.warning(
@@ -444,15 +556,25 @@ class TaskExecutor(JobExecutor):
         self._end(runtime, record, Outcome.success, None, None)
         return None
 
-    async def _call(self, spec: JobSpec) -> None:
+    async def _call(
+        self, spec: JobSpec, runtime: JobRuntime, kwargs: dict[str, Any] | None = None
+    ) -> None:
+        if kwargs is None:
+            if spec.dependencies is not None:
+                # Resolved per attempt, in this task; generator dependencies close after it.
+                async with spec.dependencies.resolve(spec.kwargs, self._overrides) as kwargs:
+                    await self._call(spec, runtime, kwargs)
+                return
+            kwargs = spec.kwargs
         if spec.is_async:
-            await spec.func(*spec.args, **spec.kwargs)
+            await spec.func(*spec.args, **kwargs)
             return
         # Trap 3 (4.0.0a6): the engine's default executor calls plain functions on the event
         # loop thread. Ours go to a worker thread; a thread cannot be cancelled, so it is
-        # abandoned (and that is logged) when its run times out or is cancelled.
-        call = functools.partial(spec.func, *spec.args, **spec.kwargs)
-        result = await to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._limiter)
+        # abandoned (and that is logged) when its run times out or is cancelled - and holds
+        # its job's max_instances slot until it ends (_threads).
+        call = functools.partial(spec.func, *spec.args, **kwargs)
+        result = await self._threads.run(call, runtime)
         if inspect.isawaitable(result):
             await result
 
@@ -466,7 +588,7 @@ class TaskExecutor(JobExecutor):
         error_type: str | None = None,
         retry_in: float | None = None,
     ) -> None:
-        record.finished_at = utcnow()
+        record.finished_at = self._now()
         runtime.drop_active(record)
         self._finish(runtime, record, outcome, exc, message, error_type, retry_in)
 
@@ -480,10 +602,13 @@ class TaskExecutor(JobExecutor):
         error_type: str | None = None,
         retry_in: float | None = None,
         fire_id: str | None = None,
+        record_fire: str | None = None,
     ) -> None:
         """Record a finished attempt: history, counts, the log line, the hooks.
 
         ``retry_in``: seconds until the retry that follows it (None: none follows).
+        ``fire_id``: a dead process's run, found by this one; ``record_fire``: the fire id
+        of a queued run-now's attempt that never started.
         """
         record.outcome = outcome
         if exc is not None:
@@ -508,6 +633,8 @@ class TaskExecutor(JobExecutor):
             if fire_id is not None:  # a dead process's run: its row is finished by fire id
                 self._recorder.abandoned(record, fire_id)
             else:
-                self._recorder.finished(record)
+                self._recorder.finished(record, record_fire)
         if self._on_finished is not None:
             self._on_finished(record)
+        if self._observer is not None:
+            self._observer.finished(record, exc)

@@ -101,12 +101,19 @@ class LocalHistory:
     """This process's runs, from the executor's memory."""
 
     def __init__(
-        self, registry: JobRegistry, tz: ZoneInfo, worker: Worker, status: WorkerStatus
+        self,
+        registry: JobRegistry,
+        tz: ZoneInfo,
+        worker: Worker,
+        status: WorkerStatus,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._registry = registry
         self._tz = tz
         self._worker = worker
         self._status = status
+        self._now = now
+        """The scheduler's time (virtual under ``testing.virtual_time``)."""
 
     async def facts(self, runtimes: Sequence[JobRuntime]) -> dict[str, JobFacts]:
         tz, worker = self._tz, self._worker.id
@@ -150,7 +157,7 @@ class LocalHistory:
                 host=worker.host,
                 pid=worker.pid,
                 started_at=started_at.astimezone(self._tz),
-                last_seen=utcnow().astimezone(self._tz),
+                last_seen=self._now().astimezone(self._tz),
                 state=state,
                 runs_in_progress=in_progress,
             )
@@ -185,10 +192,12 @@ class RunRecorder:
         if fire_id is not None:
             self._fire_ids[record.seq] = fire_id
 
-    def finished(self, record: RunRecord) -> None:
+    def finished(self, record: RunRecord, fire_id: str | None = None) -> None:
         if not self._pending and self._wake is not None:
             self._wake.set()
         self._pending[record.seq] = record
+        if fire_id is not None:  # a queued run-now that never started
+            self._fire_ids[record.seq] = fire_id
         self._finished.append(record)
 
     def abandoned(self, record: RunRecord, fire_id: str) -> None:
@@ -371,13 +380,15 @@ class RunRecorder:
 class ClusterHistory:
     """The store's history: every worker's runs, the cluster's counts, the live workers."""
 
-    def __init__(self, history: RunHistory, recorder: RunRecorder, tz: ZoneInfo) -> None:
+    def __init__(self, history: RunHistory, recorder: RunRecorder | None, tz: ZoneInfo) -> None:
         self._history = history
         self._recorder = recorder
+        """This worker's (None: a reader that runs nothing, the task-scheduler command)."""
         self._tz = tz
 
     async def _read(self) -> None:
-        await self._recorder.flush()  # this process's own runs are in the answer
+        if self._recorder is not None:
+            await self._recorder.flush()  # this process's own runs are in the answer
 
     def _info(self, row: RunRow) -> RunInfo:
         return run_info(
@@ -395,7 +406,10 @@ class ClusterHistory:
         )
 
     async def facts(self, runtimes: Sequence[JobRuntime]) -> dict[str, JobFacts]:
-        ids = [runtime.spec.id for runtime in runtimes]
+        return await self.facts_of([runtime.spec.id for runtime in runtimes])
+
+    async def facts_of(self, ids: Sequence[str]) -> dict[str, JobFacts]:
+        """Counts, last run, last success and runs in progress of the jobs of ``ids``."""
         live_after = utcnow() - timedelta(seconds=WORKER_TIMEOUT)
         with store_timeout():
             await self._read()
@@ -424,6 +438,12 @@ class ClusterHistory:
             rows = await self._history.runs(
                 job_id, limit, outcome=None if outcome is None else outcome.value, before=before
             )
+        return [self._info(row) for row in rows]
+
+    async def fire_runs(self, fire_id: str) -> list[RunInfo]:
+        """The attempts of one fire (a queued run-now's), first attempt first."""
+        with store_timeout():
+            rows = await self._history.fire_runs(fire_id)
         return [self._info(row) for row in rows]
 
     async def workers(self) -> list[WorkerInfo]:

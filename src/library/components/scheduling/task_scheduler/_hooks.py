@@ -35,6 +35,7 @@ class HookDispatcher:
         self._hooks: list[RunHook] = []
         self._send: MemoryObjectSendStream[RunRecord] | None = None
         self._dropped = 0
+        self._undelivered = 0
 
     def add(self, hook: RunHook) -> None:
         self._hooks.append(hook)
@@ -46,6 +47,7 @@ class HookDispatcher:
             return
         try:
             send.send_nowait(record)
+            self._undelivered += 1
         except anyio.WouldBlock:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
@@ -61,6 +63,7 @@ class HookDispatcher:
         """Deliver records to the hooks until :meth:`close`, then deliver what is queued."""
         send, receive = anyio.create_memory_object_stream[RunRecord](HOOK_BUFFER)
         self._send = send
+        self._undelivered = 0
         task_status.started()
         async with receive:
             async for record in receive:
@@ -72,6 +75,11 @@ class HookDispatcher:
                             await result
                     except Exception:
                         logger.exception("on_run_finished hook %r failed", hook)
+                self._undelivered -= 1
+
+    def busy(self) -> bool:
+        """True while finished attempts wait for the hooks or a hook runs."""
+        return self._undelivered > 0
 
     async def close(self) -> None:
         """No more records: :meth:`serve` ends once the queued ones are delivered."""

@@ -7,11 +7,12 @@ import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, ClassVar, TypedDict
 
 from pydantic import ValidationError
 
 from ._config import JobDefaults
+from ._depends import JobDependencies, job_dependencies
 from ._errors import InvalidTypeError, InvalidValueError, shown_id
 from ._shared import SHARED_EMPTY
 from ._triggers import TriggerSpec
@@ -82,6 +83,24 @@ class JobSpec:
     options: JobDefaults
     declared: bool
     """True for decorator jobs, False for jobs added at run time."""
+    dependencies: ClassVar[JobDependencies | None] = None
+    """Its ``Depends`` parameters, analysed at declaration. A class-level None for jobs
+    without any: only a :class:`DependentJobSpec` holds them, so other jobs pay no slot
+    (memory per idle schedule: bench/README.md)."""
+
+    def depending_on(self, dependencies: JobDependencies | None) -> JobSpec:
+        """This spec, or a copy holding ``dependencies`` (when not None)."""
+        if dependencies is None:
+            return self
+        fields = {name: getattr(self, name) for name in JobSpec.__slots__}
+        return DependentJobSpec(**fields, dependencies=dependencies)
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class DependentJobSpec(JobSpec):
+    """The definition of a job with ``Depends`` parameters (see :meth:`JobSpec.depending_on`)."""
+
+    dependencies: JobDependencies  # type: ignore[misc]  # a slot here, a ClassVar None above
 
 
 JOB_ID_MAX_LENGTH = 200
@@ -182,4 +201,4 @@ def make_spec(
         kwargs=dict(kwargs) if kwargs else SHARED_EMPTY,
         options=resolved,
         declared=declared,
-    )
+    ).depending_on(job_dependencies(func, job_id, args, kwargs))

@@ -28,11 +28,13 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from enum import Enum
+from functools import partial
 from types import TracebackType
+from typing import Any, cast
 
 import anyio
 import anyio.from_thread
@@ -42,7 +44,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from apscheduler import AsyncScheduler
 
 from ._backend import Backend
-from ._clock import utcnow
+from ._clock import REAL_CLOCK, Clock, TimeKeeper
 from ._config import SchedulerConfig
 from ._errors import SchedulerStateError
 from ._executor import TaskExecutor
@@ -50,6 +52,7 @@ from ._hooks import HookDispatcher
 from ._log import logger
 from ._models import SchedulerState, WorkerState
 from ._registry import JobRegistry
+from ._urls import redact
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -145,6 +148,9 @@ class Lifecycle:
         self._watchdog_scope: CancelScope | None = None
         self._lag = 0.0
         self._lag_at = 0.0
+        self.clock: Clock = REAL_CLOCK
+        """The time the current run reads and waits by (real, unless ``testing.virtual_time``
+        started it); handed to the executor and the backend at each start."""
 
     @property
     def state(self) -> SchedulerState:
@@ -168,10 +174,30 @@ class Lifecycle:
             return self.engine
         return None
 
+    def spawn(self, func: Callable[[], Coroutine[Any, Any, None]], name: str) -> bool:
+        """Start ``func`` in the scheduler's task group, from any thread; False (nothing
+        started) unless running. A metrics collector scraped elsewhere refreshes itself so."""
+        task_group, token = self.task_group, self._loop_token
+        if task_group is None or token is None or self.phase is not Phase.running:
+            return False
+        if threading.get_ident() == self._loop_thread:
+            task_group.start_soon(func, name=name)
+            return True
+        try:
+            anyio.from_thread.run_sync(partial(task_group.start_soon, func, name=name), token=token)
+        except anyio.RunFinishedError:
+            return False
+        return True
+
     # -- start -----------------------------------------------------------------------
 
-    async def start(self, *, cancel_owner_on_stop_request: bool = False) -> None:
-        """Open everything and start the engine; the caller's task owns the task group."""
+    async def start(
+        self, *, cancel_owner_on_stop_request: bool = False, clock: Clock = REAL_CLOCK
+    ) -> None:
+        """Open everything and start the engine; the caller's task owns the task group.
+
+        ``clock``: the time this run follows (a virtual one: ``testing.virtual_time``).
+        """
         if self.phase is not Phase.stopped and self.phase is not Phase.failed:
             raise SchedulerStateError(f"cannot start: the scheduler is already {self.state}")
         if self._exit_stack is not None:  # a failed run left its scope open
@@ -183,12 +209,16 @@ class Lifecycle:
         self._loop_thread = threading.get_ident()
         self.engine_restarts = 0
         self.last_engine_error = None
-        self._executor.open()
+        self.clock = clock
+        self._executor.open(clock)
         stack = AsyncExitStack()
         task_group: TaskGroup | None = None
         try:
+            if clock.virtual:
+                # Hooks still to deliver are work the virtual clock waits for.
+                stack.callback(cast(TimeKeeper, clock).watch(self._hooks.busy))
             # Opened first, so that the store closes last: after every task that uses it.
-            self.engine = await self._backend.open(stack, self._executor, self._identity)
+            self.engine = await self._backend.open(stack, self._executor, self._identity, clock)
             # After every task has ended (runs cancelled at the end included), before the
             # store closes: the last runs are written and this worker leaves the list.
             stack.push_async_callback(self._backend.close_history)
@@ -205,7 +235,7 @@ class Lifecycle:
                 name="task_scheduler stop requests",
             )
             await task_group.start(self._supervise, name="task_scheduler engine supervisor")
-            self.started_at = utcnow()
+            self.started_at = clock.now()
             self.phase = Phase.running
             # Once the engine has started (the store has created its tables): this worker
             # joins the list as running.
@@ -215,6 +245,7 @@ class Lifecycle:
         except BaseException:
             self.phase = Phase.stopped
             self.engine = None
+            self.clock = REAL_CLOCK
             if task_group is not None:
                 task_group.cancel_scope.cancel()  # the hook and stop-request tasks wait forever
             try:
@@ -224,7 +255,11 @@ class Lifecycle:
             raise
         self._exit_stack = stack
         self.task_group = task_group
-        logger.info("task scheduler started with %d job(s)", len(self._registry))
+        logger.info(
+            "task scheduler started with %d job(s) on store %s",
+            len(self._registry),
+            redact(self._config.store),
+        )
 
     async def _supervise(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         """Run the engine; restart it with backoff if it crashes (trap 6), then give up."""
@@ -326,7 +361,8 @@ class Lifecycle:
             if lag > self._lag or now - self._lag_at > LAG_WINDOW:
                 self._lag, self._lag_at = max(lag, 0.0), now
             if lag > LAG_WARNING:
-                suspects = self._executor.blocking_suspects(utcnow() - timedelta(seconds=lag))
+                since = self.clock.now() - timedelta(seconds=lag)
+                suspects = self._executor.blocking_suspects(since)
                 logger.warning(
                     "the event loop was blocked for %.1f s: every job and request waited; "
                     "running then: %s (blocking code in an async def job belongs in a plain "
@@ -393,7 +429,12 @@ class Lifecycle:
                     self._backend.stop_taking_jobs()
                 self._executor.begin_drain()
                 timeout = self._config.shutdown_timeout
-                if not await self._executor.wait_idle(timeout):
+                if self.clock.virtual:
+                    # Runs that wait for virtual time would wait forever (nobody moves the
+                    # clock any more): the engine's stop cancels them below.
+                    with anyio.move_on_after(timeout):
+                        await cast(TimeKeeper, self.clock).drain()
+                elif not await self._executor.wait_idle(timeout):
                     logger.warning(
                         "shutdown: run(s) of %s still in progress after %s s; cancelling them",
                         ", ".join(repr(job_id) for job_id in self._executor.running_jobs()),
@@ -449,3 +490,4 @@ class Lifecycle:
             self.task_group = None
             self.engine = None
             self.phase = Phase.stopped
+            self.clock = REAL_CLOCK

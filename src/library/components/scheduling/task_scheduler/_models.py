@@ -132,6 +132,11 @@ class SchedulerStatus(BaseModel):
         "(a job calling blocking code in `async def`); over 1 s is logged as a WARNING.",
     )
     workers: int = Field(0, description="Live workers sharing the store (1 on memory://).")
+    abandoned_threads: int = Field(
+        0,
+        description="Worker threads of plain `def` runs that timed out or were cancelled and "
+        "still run (each keeps its job's max_instances slot until its function returns).",
+    )
 
 
 WorkerState = Literal["starting", "running", "stopping", "failed"]

@@ -19,7 +19,8 @@ from apscheduler import DeserializationError, Job, Schedule, SerializationError
 from apscheduler.abc import Serializer
 
 from ._aps.serializer import reference_to, resolve_reference
-from ._config import JobDefaults
+from ._config import DEFAULT_NAMESPACE, JobDefaults
+from ._depends import job_dependencies
 from ._errors import InvalidValueError
 from ._jobs import JobSpec, callable_name, is_async_callable
 from ._triggers import spec_from_dict
@@ -27,8 +28,9 @@ from ._triggers import spec_from_dict
 META_KEY = "task_scheduler"
 
 
-def definition(spec: JobSpec) -> dict[str, Any]:
-    """The job as plain JSON data, with a fingerprint of everything but pause state."""
+def definition(spec: JobSpec, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+    """The job as plain JSON data, with a fingerprint of everything but pause state and
+    namespace (the app it belongs to)."""
     body = {
         "name": spec.name,
         "func": spec.func_ref,
@@ -38,16 +40,30 @@ def definition(spec: JobSpec) -> dict[str, Any]:
         "kwargs": spec.kwargs,
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-    return {"v": 1, "declared": spec.declared, "fingerprint": digest[:32], **body}
+    return {
+        "v": 1,
+        "declared": spec.declared,
+        "ns": namespace,
+        "fingerprint": digest[:32],
+        # The zone its trigger reads wall-clock times in (for readers without the code:
+        # the task-scheduler command); outside the fingerprint, as it was added later.
+        "timezone": spec.trigger.tz.key,
+        **body,
+    }
 
 
-def as_metadata(spec: JobSpec) -> dict[str, str]:
+def namespace_of(data: Mapping[str, Any]) -> str:
+    """The namespace a stored definition belongs to (stored before namespaces: the default)."""
+    return str(data.get("ns", DEFAULT_NAMESPACE))
+
+
+def as_metadata(spec: JobSpec, namespace: str = DEFAULT_NAMESPACE) -> dict[str, str]:
     """Schedule metadata carrying the job's definition.
 
     As a JSON string: APScheduler 4.0.0a6's metadata validator rejects any None nested in
     a dict (it tests the outer value for None), and definitions are full of them.
     """
-    return {META_KEY: json.dumps(definition(spec), sort_keys=True)}
+    return {META_KEY: json.dumps(definition(spec, namespace), sort_keys=True)}
 
 
 def stored_definition(schedule: Schedule | Job) -> dict[str, Any] | None:
@@ -99,6 +115,7 @@ def spec_from_definition(
 ) -> JobSpec:
     """Rebuild a job another process (or an earlier run) added at run time."""
     func = resolve_reference(str(data["func"]))
+    args, kwargs = tuple(data.get("args", ())), dict(data.get("kwargs", {}))
     return JobSpec(
         id=job_id,
         name=str(data["name"]),
@@ -106,11 +123,11 @@ def spec_from_definition(
         func_ref=callable_name(func),
         is_async=is_async_callable(func),
         trigger=spec_from_dict(data["trigger"], tz),
-        args=tuple(data.get("args", ())),
-        kwargs=dict(data.get("kwargs", {})),
+        args=args,
+        kwargs=kwargs,
         options=JobDefaults.model_validate(data["options"]),
         declared=False,
-    )
+    ).depending_on(job_dependencies(func, job_id, args, kwargs))  # resolved here, per run
 
 
 @dataclass
@@ -124,27 +141,44 @@ class Plan:
     keep: list[tuple[JobSpec, Schedule]] = field(default_factory=list)
     """Unchanged declared jobs: their pause state and next fire time stay."""
     remove: list[str] = field(default_factory=list)
-    """Schedules declared by an earlier version of the code, and no longer."""
+    """Schedules declared by an earlier version of this app's code, and no longer."""
     adopt: list[tuple[str, dict[str, Any], Schedule]] = field(default_factory=list)
     """Jobs added at run time: rebuilt from their stored definitions."""
 
 
-def plan(declared: Mapping[str, JobSpec], stored: list[Schedule]) -> Plan:
-    """Compare the declared jobs with the stored schedules. Foreign schedules are ignored."""
+def plan(
+    declared: Mapping[str, JobSpec], stored: list[Schedule], namespace: str = DEFAULT_NAMESPACE
+) -> Plan:
+    """Compare the declared jobs with the stored schedules of ``namespace``.
+
+    Schedules that are not ours (no definition: added with raw APScheduler) and jobs of
+    other namespaces (other apps sharing the store) are left alone. A declared id that
+    another namespace holds is an error: replacing it would take that app's job.
+    """
     result = Plan()
     by_id = {schedule.id: schedule for schedule in stored}
     for job_id, spec in declared.items():
         schedule = by_id.pop(job_id, None)
         data = None if schedule is None else stored_definition(schedule)
+        if data is not None and namespace_of(data) != namespace:
+            raise InvalidValueError(
+                f"job {job_id!r} is declared in namespace {namespace!r}, but the store holds "
+                f"a job {job_id!r} of namespace {namespace_of(data)!r} (another app sharing "
+                f"this store): give one of them another id, or each app its own schema "
+                f"(?schema=NAME in the store URL)"
+            )
         if schedule is None:
             result.create.append(spec)
-        elif data is not None and data.get("fingerprint") == definition(spec)["fingerprint"]:
+        elif (
+            data is not None
+            and data.get("fingerprint") == definition(spec, namespace)["fingerprint"]
+        ):
             result.keep.append((spec, schedule))
         else:
             result.replace.append(spec)
     for schedule in by_id.values():
         data = stored_definition(schedule)
-        if data is None:
+        if data is None or namespace_of(data) != namespace:
             continue
         if data.get("declared"):
             result.remove.append(schedule.id)

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import count
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from ._log import logger
@@ -22,6 +23,11 @@ RUN_ID_PREFIX = secrets.token_hex(4)
 """This process's run id prefix."""
 next_seq = count(1).__next__
 """The next run number of this process (every scheduler of the process draws from it)."""
+
+QUEUED_RUN_KEY = "task_scheduler_run_now"
+"""Metadata key of an engine job that asks the live workers for a run-now (queued in a
+persistent store from outside any scheduler, by the ``task-scheduler`` command): its value
+says who asked. Such a job has no schedule; the worker that takes it runs the job once."""
 
 RETRY_DELAY_CAP = 300.0
 """Seconds: exponential retry backoff never waits longer than this."""
@@ -86,6 +92,19 @@ class RunRecord:
             error_message=self.error_message,
             worker=worker,
         )
+
+
+class RunObserver(Protocol):
+    """Told of each attempt this process runs (metrics, tracing), in the attempt's own task.
+
+    ``started`` when the attempt starts (just before the job is called), ``finished`` when
+    it is recorded: also for fires that never started (skipped, missed, abandoned), which
+    have no ``started`` call. Both are cheap and never raise.
+    """
+
+    def started(self, record: RunRecord) -> None: ...
+
+    def finished(self, record: RunRecord, exc: BaseException | None) -> None: ...
 
 
 def run_info(

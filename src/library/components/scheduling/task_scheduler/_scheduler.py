@@ -13,19 +13,27 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from apscheduler import Schedule
 from apscheduler.abc import Trigger
 
 from ._backend import make_backend
-from ._clock import utcnow
+from ._clock import Clock, TimeKeeper
 from ._config import SchedulerConfig
-from ._errors import DuplicateJobError, InvalidValueError, SchedulerStateError
+from ._depends import DependencyOverrides
+from ._errors import (
+    DuplicateJobError,
+    InvalidTypeError,
+    InvalidValueError,
+    MissingDependencyError,
+    SchedulerStateError,
+)
 from ._executor import TaskExecutor
 from ._history import History, JobFacts, LocalHistory, Worker
 from ._hooks import HookDispatcher, RunHook
@@ -33,15 +41,20 @@ from ._jobs import JobOptions, JobSpec, job_id_for, make_spec, validate_job_id
 from ._lifecycle import Lifecycle, Phase
 from ._models import JobInfo, Outcome, RunInfo, SchedulerState, SchedulerStatus, WorkerInfo
 from ._registry import JobRegistry, JobRuntime
+from ._runs import RunObserver, RunRecord
 from ._triggers import CronSpec, DateSpec, IntervalSpec, TriggerSpec, as_aware
 
 if TYPE_CHECKING:
+    from ._metrics import SchedulerMetrics
+
     if sys.version_info >= (3, 11):
         from typing import Unpack
     else:
         from typing_extensions import Unpack
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+METRICS_EXTRA = 'pip install "fastapi-task-scheduler[metrics]"'
 
 PREVIEW_SKIP_LIMIT = 100_000
 
@@ -62,6 +75,7 @@ class TaskScheduler:
         self._registry = JobRegistry()
         self._hooks = HookDispatcher(self._tz, self._worker.id)
         self._backend = make_backend(self.config, self._registry, self._worker)
+        self._overrides = DependencyOverrides()
         self._executor = TaskExecutor(
             registry=self._registry,
             tz=self._tz,
@@ -70,6 +84,7 @@ class TaskScheduler:
             adopt=self._backend.adopt,
             on_finished=self._hooks.notify,
             recorder=self._backend.recorder,
+            overrides=self._overrides,
         )
         self._lifecycle = Lifecycle(
             self.config,
@@ -80,8 +95,14 @@ class TaskScheduler:
             identity=self._worker.id,
         )
         self._local = LocalHistory(
-            self._registry, self._tz, self._worker, self._lifecycle.worker_status
+            self._registry, self._tz, self._worker, self._lifecycle.worker_status, self._utcnow
         )
+        self._prometheus: SchedulerMetrics | None = None
+        self._otel: RunObserver | None = None
+
+    def _utcnow(self) -> datetime:
+        """The scheduler's time, in UTC: real, or virtual under ``testing.virtual_time``."""
+        return self._lifecycle.clock.now()
 
     def _history(self) -> History:
         """The cluster's history while a persistent store is open, else this process's."""
@@ -176,6 +197,23 @@ class TaskScheduler:
             raise DuplicateJobError(spec.id)
         self._backend.check_storable(spec)
         return self._registry.add(spec, paused=bool(options.get("paused", False)))
+
+    @property
+    def dependency_overrides(self) -> dict[Callable[..., Any], Callable[..., Any]]:
+        """Replacements for jobs' ``Depends`` dependencies: ``{original: replacement}``, as
+        FastAPI's ``app.dependency_overrides`` (which jobs also honour while the scheduler runs
+        in that app's lifespan; where both replace one dependency, this one wins). Read at
+        every run: tests may change it while the scheduler runs."""
+        return self._overrides.own
+
+    @dependency_overrides.setter
+    def dependency_overrides(self, overrides: dict[Callable[..., Any], Callable[..., Any]]) -> None:
+        if not isinstance(overrides, dict):
+            raise InvalidTypeError(
+                f"dependency_overrides must be a dict of {{dependency: replacement}}, "
+                f"got {overrides!r}"
+            )
+        self._overrides.own = overrides
 
     # ------------------------------------------------------------------ adding at run time
 
@@ -386,7 +424,7 @@ class TaskScheduler:
         spec = runtime.spec
         if job_id in self._registry.finished:
             return []
-        now = utcnow()
+        now = self._utcnow()
         times: list[datetime] = []
         engine = self._lifecycle.live_engine
         schedule = None
@@ -461,7 +499,15 @@ class TaskScheduler:
             )
         request, record = self._executor.request_run(job_id)
         if request is not None:
-            task_group.start_soon(self._executor.run_now, request, name=f"run {job_id}")
+            clock = self._lifecycle.clock
+            if clock.virtual:  # a unit of work the virtual clock waits for, as fires are
+                keeper = cast(TimeKeeper, clock)
+                unit = keeper.begin(job_id)
+                task_group.start_soon(
+                    keeper.run, unit, self._executor.run_now, request, name=f"run {job_id}"
+                )
+            else:
+                task_group.start_soon(self._executor.run_now, request, name=f"run {job_id}")
             if wait:
                 await request.done.wait()
                 record = request.final or request.record
@@ -477,6 +523,64 @@ class TaskScheduler:
         """
         self._hooks.add(callback)
         return callback
+
+    def metrics_collector(self) -> SchedulerMetrics:
+        """This scheduler's Prometheus collector (the same one every call), in a registry of
+        its own (``.registry``): what ``GET {prefix}/metrics`` serves.
+
+        To serve it from an app's existing ``/metrics`` as well, register it in that registry:
+        ``prometheus_client.REGISTRY.register(scheduler.metrics_collector())``. The run
+        histograms count this process's runs from the first call on.
+        :class:`MissingDependencyError` without ``prometheus_client`` (the ``metrics`` extra).
+        """
+        if self._prometheus is None:
+            try:
+                from ._metrics import SchedulerMetrics, Source
+            except ImportError as exc:
+                if not (exc.name or "").startswith("prometheus_client"):
+                    raise
+                raise MissingDependencyError(
+                    f"Prometheus metrics need prometheus_client: {METRICS_EXTRA}"
+                ) from exc
+            lifecycle = self._lifecycle
+            self._prometheus = SchedulerMetrics(
+                Source(
+                    jobs=lambda: self.get_jobs(),
+                    workers=lambda: self.get_workers(),
+                    job_ids=self._registry.by_id.keys,
+                    state=lambda: lifecycle.state,
+                    engine_restarts=lambda: lifecycle.engine_restarts,
+                    spawn=lambda func: lifecycle.spawn(func, "task_scheduler metrics refresh"),
+                    clock=time.monotonic,
+                )
+            )
+            self._observe()
+        return self._prometheus
+
+    def _observe(self) -> None:
+        """Hand the executor what observes each run: Prometheus' histograms once asked for,
+        OpenTelemetry when its providers were set at start; nothing (no cost) otherwise."""
+        observers = [found for found in (self._prometheus, self._otel) if found is not None]
+        if not observers:
+            self._executor.observe(None)
+        elif len(observers) == 1:
+            self._executor.observe(observers[0])
+        else:
+            self._executor.observe(_Observers(observers))
+
+    def _look_for_otel(self) -> None:
+        """At start: OpenTelemetry's providers, if its API is installed and the app set any."""
+        if self._lifecycle.phase not in (Phase.stopped, Phase.failed):
+            return  # already running (start() refuses): its runs keep their observer
+        try:
+            from ._otel import observer
+        except ImportError as exc:
+            if not (exc.name or "").startswith("opentelemetry"):
+                raise
+            self._otel = None
+        else:
+            self._otel = observer()
+        self._observe()
 
     async def get_status(self) -> SchedulerStatus:
         """The scheduler's state, engine restarts and last engine error, run counts, stale
@@ -495,6 +599,7 @@ class TaskScheduler:
             worker_id=self._worker.id,
             loop_lag=round(lifecycle.loop_lag, 3),
             workers=len(await history.workers()),
+            abandoned_threads=self._executor.abandoned_threads,
         )
 
     async def _stale_jobs(self, history: History) -> list[str]:
@@ -511,7 +616,7 @@ class TaskScheduler:
         if not watched:
             return []
         facts = await history.facts(watched)
-        now = utcnow()
+        now = self._utcnow()
         stale = []
         for runtime in watched:
             limit = runtime.spec.options.max_staleness
@@ -531,10 +636,24 @@ class TaskScheduler:
     def timezone(self) -> str:
         return self.config.timezone
 
+    # ------------------------------------------------------------------ time
+
+    def now(self) -> datetime:
+        """The scheduler's time, in its timezone: the real time, or the virtual time of
+        ``testing.virtual_time`` while a test runs the scheduler under it."""
+        return self._lifecycle.clock.now().astimezone(self._tz)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` by the scheduler's time: ``anyio.sleep``, or under
+        ``testing.virtual_time`` until the test's clock has moved that far on (so a job that
+        waits this way is tested without waiting)."""
+        await self._lifecycle.clock.sleep(seconds)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Start running jobs. Call :meth:`shutdown` later *from the same task*."""
+        self._look_for_otel()
         await self._lifecycle.start()
 
     async def shutdown(self) -> None:
@@ -555,7 +674,12 @@ class TaskScheduler:
         """
         self._lifecycle.request_stop()
 
+    async def _start_under(self, clock: Clock) -> None:
+        """``async with``'s start, by ``clock``'s time (``testing.virtual_time``)."""
+        await self._lifecycle.start(cancel_owner_on_stop_request=True, clock=clock)
+
     async def __aenter__(self) -> TaskScheduler:
+        self._look_for_otel()
         await self._lifecycle.start(cancel_owner_on_stop_request=True)
         return self
 
@@ -571,10 +695,30 @@ class TaskScheduler:
     async def lifespan(self, app: object = None) -> AsyncIterator[dict[str, Any]]:
         """A FastAPI/Starlette lifespan: ``FastAPI(lifespan=scheduler.lifespan)``.
 
-        Yields the lifespan state ``{"task_scheduler": scheduler}``.
+        Yields the lifespan state ``{"task_scheduler": scheduler}``. While it runs, jobs'
+        dependencies honour ``app.dependency_overrides``.
         """
-        await self.start()
+        self._overrides.app = app  # before start(): a job due at once sees it too
         try:
-            yield {"task_scheduler": self}
+            await self.start()
+            try:
+                yield {"task_scheduler": self}
+            finally:
+                await self.shutdown()
         finally:
-            await self.shutdown()
+            self._overrides.app = None
+
+
+class _Observers:
+    """Several run observers as one (Prometheus and OpenTelemetry both on)."""
+
+    def __init__(self, observers: list[RunObserver]) -> None:
+        self._observers = observers
+
+    def started(self, record: RunRecord) -> None:
+        for observer in self._observers:
+            observer.started(record)
+
+    def finished(self, record: RunRecord, exc: BaseException | None) -> None:
+        for observer in self._observers:
+            observer.finished(record, exc)

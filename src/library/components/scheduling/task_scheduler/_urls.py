@@ -8,7 +8,7 @@ hosts); event brokers: ``redis://host:port/db``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import SplitResult, parse_qs, urlsplit, urlunsplit
 
@@ -24,9 +24,10 @@ class StoreURL:
     """A parsed store URL."""
 
     kind: StoreKind
-    url: str
-    sqlalchemy_url: str | None
-    """The SQLAlchemy URL with its async driver, for SQL stores."""
+    url: str = field(repr=False)
+    """The URL as given (with its password: never printed, see ``display``)."""
+    sqlalchemy_url: str | None = field(repr=False)
+    """The SQLAlchemy URL with its async driver, for SQL stores (with the password)."""
     display: str
     """The URL without its password, for messages and logs."""
     schema: str | None = None
@@ -39,6 +40,29 @@ def without_password(parts: SplitResult) -> str:
         return urlunsplit(parts)
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact(url: object) -> str:
+    """Any URL (or other value) as it may be printed: its password, if any, as ``***``."""
+    if not isinstance(url, str):
+        return repr(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable: shown without anything before an @
+        return _without_credentials(url)
+    if parts.password is None:
+        return url  # as given (urlunsplit would turn sqlite://// into sqlite://)
+    return without_password(parts)
+
+
+def _without_credentials(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url else url
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return f"{scheme}://{netloc}{slash}{path}"
 
 
 def parse_store_url(url: str) -> StoreURL:

@@ -12,8 +12,16 @@ Nothing is mounted unless you include the router. ``dependencies`` guard every r
 ``GET {prefix}/health``: probes carry no credentials, so health tells only ok/failing and
 how many jobs are stale; the details are under ``GET {prefix}/status``.
 
+``GET {prefix}/dashboard`` is a web page over these routes, behind the same guard. Every
+request that changes something (POST, PUT, PATCH, DELETE) must carry the header
+``X-Task-Scheduler`` (:data:`CSRF_HEADER`, any value): another site's HTML form cannot send it,
+so a browser holding credentials for the router (HTTP Basic, a cookie) cannot be made to pause,
+run or remove a job from another site (cross-site request forgery). Without it: a 403.
+
 On a persistent store the runs, counts and workers these routes report are the cluster's, read
 from the store's database: a store that does not answer (within 5 s) is a 503, not a 500.
+``GET {prefix}/metrics`` serves the scheduler's Prometheus metrics (the ``metrics`` extra:
+without it, a 501 naming the extra), behind the same ``dependencies``.
 
 Every route gets its scheduler from the :func:`get_scheduler` dependency, so tests can
 swap it with ``app.dependency_overrides[get_scheduler] = lambda: other``.
@@ -33,11 +41,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
-from ._errors import InvalidTypeError, JobNotFoundError, SchedulerStateError
+from . import _dashboard
+from ._errors import (
+    InvalidTypeError,
+    JobNotFoundError,
+    MissingDependencyError,
+    SchedulerStateError,
+)
 from ._models import JobInfo, Outcome, RunInfo, SchedulerStatus, WorkerInfo
 from ._scheduler import TaskScheduler
 
 __all__ = [
+    "CSRF_HEADER",
     "ErrorDetail",
     "Health",
     "RunAccepted",
@@ -54,6 +69,14 @@ NO_SCHEDULER = (
 )
 STORE_UNAVAILABLE = "the scheduler's store is unavailable"
 """The 503 detail when the store does not answer (health says only this: it is unguarded)."""
+
+CSRF_HEADER = "X-Task-Scheduler"
+"""The header every POST, PUT, PATCH and DELETE to the router must carry (any non-empty value,
+e.g. ``X-Task-Scheduler: 1``). A cross-site HTML form cannot set a header, and a cross-site
+script can only with the app's CORS consent, so its presence shows the request was not forged
+by another site in a browser holding the router's credentials."""
+
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class ErrorDetail(BaseModel):
@@ -139,6 +162,7 @@ _ERRORS: dict[int, str] = {
     403: "Credentials refused (by the router's `dependencies`).",
     404: "No job has this id; the detail names it, and any ids close to it.",
     409: "The job is at its max_instances limit, or the scheduler is not running.",
+    501: "prometheus_client is not installed: the detail names the extra that brings it.",
     503: "No scheduler is configured; or the scheduler's store is unavailable (it refused the "
     "connection, or did not answer within 5 s): the detail says which.",
 }
@@ -154,10 +178,47 @@ _NEXT_PAGE = {
 }
 
 
-def _responses(*codes: int, guarded: bool = True) -> dict[int | str, dict[str, Any]]:
+_CSRF_REFUSED = (
+    "the scheduler's routes refuse a {method} without the header " + CSRF_HEADER + " (send "
+    "any value, e.g. '" + CSRF_HEADER + ": 1'): this protects against cross-site request "
+    "forgery, as another site's HTML form cannot send it"
+)
+
+
+async def require_csrf_header(request: Request) -> None:
+    """403 for a state-changing request without :data:`CSRF_HEADER` (see there why)."""
+    if request.method in _UNSAFE_METHODS and not request.headers.get(CSRF_HEADER, "").strip():
+        raise HTTPException(status_code=403, detail=_CSRF_REFUSED.format(method=request.method))
+
+
+def _csrf_parameter() -> dict[str, Any]:
+    """The header in OpenAPI, required (the check is a dependency, which answers 403)."""
+    return {
+        "name": CSRF_HEADER,
+        "in": "header",
+        "required": True,
+        "description": "Any non-empty value, e.g. `1`: protection against cross-site request "
+        "forgery (a 403 without it).",
+        "schema": {"type": "string", "minLength": 1, "pattern": "\\S"},
+    }
+
+
+def _responses(
+    *codes: int, guarded: bool = True, unsafe: bool = False
+) -> dict[int | str, dict[str, Any]]:
     if guarded:
         codes = (401, 403, *codes)
-    return {code: {"model": ErrorDetail, "description": _ERRORS[code]} for code in codes}
+    elif unsafe:
+        codes = (403, *codes)
+    answers: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorDetail, "description": _ERRORS[code]} for code in codes
+    }
+    if unsafe:
+        refused = f"The {CSRF_HEADER} header is missing (cross-site request forgery protection)."
+        if guarded:
+            refused = f"{_ERRORS[403]} Or: {refused[0].lower()}{refused[1:]}"
+        answers[403] = {"model": ErrorDetail, "description": refused}
+    return answers
 
 
 @contextmanager
@@ -203,17 +264,26 @@ def create_scheduler_router(
     prefix: str = "/scheduler",
     dependencies: Sequence[DependsParam] | None = None,
     tags: Sequence[str] = ("scheduler",),
+    dashboard: bool = True,
 ) -> APIRouter:
     """Routes to list, inspect, pause, resume, run and remove jobs, list runs and workers,
-    and to check health.
+    serve Prometheus metrics, check health; and a dashboard page over them.
 
     ``scheduler`` defaults to the one :func:`get_scheduler` finds per request.
     ``dependencies`` (e.g. an API-key check) guard every route except ``{prefix}/health``;
-    give them here, not to ``include_router()``, which would guard health too.
+    give them here, not to ``include_router()``, which would guard health too. For the
+    dashboard in a browser, guard with something a browser sends by itself (HTTP Basic, a
+    session cookie). ``dashboard=False`` leaves out ``{prefix}/dashboard`` and its files.
+    POST and DELETE routes refuse a request without the :data:`CSRF_HEADER` header (403).
     """
     if scheduler is not None and not isinstance(scheduler, TaskScheduler):
         raise InvalidTypeError(f"scheduler must be a TaskScheduler, got {scheduler!r}")
     explicit = scheduler
+    if explicit is not None:
+        try:
+            explicit.metrics_collector()  # its histograms count runs from now, not the 1st scrape
+        except MissingDependencyError:
+            pass  # /metrics answers 501, saying which extra to install
 
     async def bind_scheduler(connection: HTTPConnection) -> None:
         # Route-level dependencies are solved before the endpoint's own, so get_scheduler
@@ -222,6 +292,8 @@ def create_scheduler_router(
 
     bind: list[DependsParam] = [] if explicit is None else [Depends(bind_scheduler)]
     guarded = [*bind, *(dependencies or ())]
+    # The CSRF check first: a forged request is refused before any guard acts on it.
+    unsafe = [Depends(require_csrf_header), *guarded]
     is_guarded = bool(dependencies)
     router = APIRouter(prefix=prefix, tags=list(tags))
 
@@ -268,8 +340,9 @@ def create_scheduler_router(
         response_model=JobInfo,
         operation_id="scheduler_pause_job",
         summary="Pause a job (idempotent); a run in progress goes on",
-        dependencies=guarded,
-        responses=_responses(404, 503, guarded=is_guarded),
+        dependencies=unsafe,
+        openapi_extra={"parameters": [_csrf_parameter()]},
+        responses=_responses(404, 503, guarded=is_guarded, unsafe=True),
     )
     async def pause_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
         with _answers():
@@ -280,8 +353,9 @@ def create_scheduler_router(
         response_model=JobInfo,
         operation_id="scheduler_resume_job",
         summary="Resume a job (idempotent); fires missed while paused are not run",
-        dependencies=guarded,
-        responses=_responses(404, 503, guarded=is_guarded),
+        dependencies=unsafe,
+        openapi_extra={"parameters": [_csrf_parameter()]},
+        responses=_responses(404, 503, guarded=is_guarded, unsafe=True),
     )
     async def resume_job(job_id: JobId, scheduler: SchedulerDep) -> JobInfo:
         with _answers():
@@ -294,10 +368,11 @@ def create_scheduler_router(
         operation_id="scheduler_run_job",
         summary="Run a job now, outside its schedule",
         description="202 at once; with `wait=true`, 200 with the finished run (its last attempt).",
-        dependencies=guarded,
+        dependencies=unsafe,
+        openapi_extra={"parameters": [_csrf_parameter()]},
         responses={
             200: {"model": RunInfo, "description": "With wait=true: the finished run."},
-            **_responses(404, 409, 503, guarded=is_guarded),
+            **_responses(404, 409, 503, guarded=is_guarded, unsafe=True),
         },
     )
     async def run_job(
@@ -329,8 +404,9 @@ def create_scheduler_router(
         response_class=Response,
         operation_id="scheduler_remove_job",
         summary="Remove a job; a run in progress is allowed to finish",
-        dependencies=guarded,
-        responses=_responses(404, 503, guarded=is_guarded),
+        dependencies=unsafe,
+        openapi_extra={"parameters": [_csrf_parameter()]},
+        responses=_responses(404, 503, guarded=is_guarded, unsafe=True),
     )
     async def remove_job(job_id: JobId, scheduler: SchedulerDep) -> None:
         with _answers():
@@ -427,6 +503,33 @@ def create_scheduler_router(
             return await scheduler.get_workers()
 
     @router.get(
+        "/metrics",
+        response_class=Response,
+        operation_id="scheduler_metrics",
+        summary="Prometheus metrics: runs, durations, lateness, next runs, workers",
+        description="The Prometheus text format (needs the `metrics` extra). Runs per job and "
+        "outcome are the cluster's cumulative counts on a persistent store (the same from "
+        "every worker); the duration and lateness histograms count this process's runs.",
+        dependencies=guarded,
+        responses={
+            200: {
+                "description": "The metrics, in the Prometheus text format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **_responses(501, 503, guarded=is_guarded),
+        },
+    )
+    async def metrics(scheduler: SchedulerDep) -> Response:
+        try:
+            collector = scheduler.metrics_collector()
+        except MissingDependencyError as exc:
+            raise HTTPException(status_code=501, detail=str(exc)) from None
+        with _answers():
+            await collector.refresh()
+        body, content_type = collector.exposition()
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
+
+    @router.get(
         "/health",
         response_model=Health,
         operation_id="scheduler_health",
@@ -456,4 +559,58 @@ def create_scheduler_router(
         response.headers["Cache-Control"] = "no-store"
         return Health(status="ok" if ok else "failing", stale_jobs=len(status.stale_jobs))
 
+    if dashboard:
+        _add_dashboard(router, guarded, is_guarded)
     return router
+
+
+def _add_dashboard(router: APIRouter, guarded: list[DependsParam], is_guarded: bool) -> None:
+    """``GET /dashboard``, the page, and ``GET /dashboard/static/{name}``, its two files."""
+
+    @router.get(
+        "/dashboard",
+        # Response, not HTMLResponse: the errors stay documented (and sent) as JSON.
+        response_class=Response,
+        operation_id="scheduler_dashboard",
+        summary="The dashboard: a web page over these routes, for a browser",
+        description="Jobs, recent runs, workers and the scheduler's state, refreshed every "
+        "5 s, with buttons to pause, resume and run jobs. Its stylesheet and script are served "
+        "under `dashboard/static/`; nothing is loaded from anywhere else.",
+        dependencies=guarded,
+        responses={
+            200: {
+                "description": "The page.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+            304: {"description": "Not modified: `If-None-Match` names the page's `ETag`."},
+            **_responses(503, guarded=is_guarded),
+        },
+    )
+    async def show_dashboard(request: Request, scheduler: SchedulerDep) -> Response:
+        page = _dashboard.page(scheduler.timezone)
+        return _serve(page, request, _dashboard.PAGE_HEADERS)
+
+    @router.get("/dashboard/static/{name}", include_in_schema=False, dependencies=guarded)
+    async def dashboard_file(name: str, request: Request) -> Response:
+        files = _dashboard.assets()
+        asset = files.get(name)
+        if asset is None:
+            known = ", ".join(repr(known) for known in sorted(files))
+            raise HTTPException(
+                status_code=404, detail=f"no dashboard file {name!r}: its files are {known}"
+            )
+        headers = {
+            "Cache-Control": _dashboard.ASSET_CACHE_CONTROL,
+            "X-Content-Type-Options": "nosniff",
+        }
+        return _serve(asset, request, headers)
+
+
+def _serve(asset: _dashboard.Asset, request: Request, headers: dict[str, str]) -> Response:
+    """The file, or a 304 when the browser's copy (``If-None-Match``) is this version."""
+    headers = {**headers, "ETag": asset.etag}
+    wanted = request.headers.get("if-none-match", "")
+    tags = {tag.strip().removeprefix("W/") for tag in wanted.split(",")}
+    if asset.etag in tags or "*" in tags:
+        return Response(status_code=304, headers=headers)
+    return Response(asset.body, media_type=asset.media_type, headers=headers)

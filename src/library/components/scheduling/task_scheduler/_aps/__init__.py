@@ -193,6 +193,11 @@ running counts left in the file that throttled every later start
     tests:  test_sqlite_one_process.py::test_a_second_process_on_one_sqlite_file_is_refused
             test_sqlite_one_process.py::
             test_running_counts_left_in_the_file_are_repaired_at_start
+``_begin_transaction`` shields the whole transaction: with a server that stops answering on
+open connections, every store call (the management API's too) hung for good
+    closed: _aps.leases:STATEMENT_TIMEOUT, set by _aps.stores:open_sql_store (asyncpg's
+            ``command_timeout``)
+    test:   test_outage.py::test_a_frozen_server_bounds_every_call_and_the_scheduler_recovers
 
 No marked workaround: the 8000-byte NOTIFY payload limit (our executor records a job's
 ``Exception`` itself and returns normally: no traceback reaches a ``JobReleased``). Ours,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from functools import partial
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, SafeUUID
 
 import anyio
@@ -53,6 +53,7 @@ from apscheduler.abc import DataStore, EventBroker, JobExecutor, Trigger
 from apscheduler.eventbrokers.local import LocalEventBroker
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .._clock import REAL_CLOCK, Clock, EngineProbe, TimeKeeper
 from .._log import engine_logger
 from .broker import LeanEventBroker
 from .memstore import MemoryStore
@@ -93,10 +94,12 @@ def make_engine(
     max_concurrent_jobs: int,
     lease_duration: timedelta | None = None,
     cleanup_interval: timedelta | None = None,
+    clock: Clock = REAL_CLOCK,
 ) -> AsyncScheduler:
     """An ``AsyncScheduler`` whose only job executor is ours (the lean one on memory://).
 
     ``lease_duration`` and ``cleanup_interval``: the engine's, when given (SQL stores).
+    ``clock``: the time the memory engine reads and waits by (a virtual one in tests).
     """
     settings: dict[str, Any] = {}
     if lease_duration is not None:
@@ -106,6 +109,7 @@ def make_engine(
     engine_class = AsyncScheduler
     if isinstance(data_store, MemoryStore):
         engine_class = MemoryEngine
+        settings["clock"] = clock
         if type(event_broker) is LocalEventBroker:
             # In-process only, like the stock local broker; a Redis broker is kept as given.
             event_broker = LeanEventBroker()
@@ -254,6 +258,12 @@ class MemoryEngine(AsyncScheduler):
     """The asyncio job tasks by ``job.id.int`` (each removes itself when it ends)."""
     _log_info: bool = attrs.field(init=False, default=False)
     """Whether the logger takes INFO records, read once per job loop turn (not per job)."""
+    clock: Clock = attrs.field(kw_only=True, default=REAL_CLOCK)
+    """The time this engine reads and waits by; a virtual clock (tests) swaps the schedule
+    loop's wait and counts each job as a unit of work (chosen once, as each loop starts)."""
+    _now: Callable[[], datetime] = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self.clock.now, takes_self=True)
+    )
 
     def _memory_store(self) -> MemoryStore:
         store = self.data_store
@@ -302,6 +312,9 @@ class MemoryEngine(AsyncScheduler):
     # ------------------------------------------------------------------ schedules
 
     async def _process_schedules(self, *, task_status: TaskStatus[None]) -> None:
+        if self.clock.virtual:
+            await self._process_schedules_virtually(task_status=task_status)
+            return
         store = self._memory_store()
         wakeup = anyio.Event()
         sleeping_until: datetime | None = None
@@ -338,10 +351,69 @@ class MemoryEngine(AsyncScheduler):
         finally:
             remove_waker()
 
+    async def _process_schedules_virtually(self, *, task_status: TaskStatus[None]) -> None:
+        """The schedule loop under a virtual clock: it never waits for a time. The clock,
+        when it has moved to a fire time, fires what is due itself (the probe's ``fire``: no
+        task switch per instant); the loop only wakes for schedule changes (a job added at
+        run time whose first fire is due at once)."""
+        store = self._memory_store()
+        keeper = cast(TimeKeeper, self.clock)
+        wakeup = anyio.Event()
+
+        def wake(next_fire_time: datetime | None) -> None:
+            wakeup.set()
+
+        def pending() -> bool:
+            jobs_wakeup = self._jobs_wakeup
+            return wakeup.is_set() or (jobs_wakeup is not None and jobs_wakeup.is_set())
+
+        async def fire() -> None:
+            while True:
+                schedules = await store.acquire_schedules(
+                    self.identity, self.lease_duration, SCHEDULE_BATCH
+                )
+                if schedules:
+                    # The job loop is not woken: its turn is taken right below.
+                    jobs_wakeup, self._jobs_wakeup = self._jobs_wakeup, None
+                    try:
+                        await self._fire(store, schedules)
+                    finally:
+                        self._jobs_wakeup = jobs_wakeup
+                # The job loop's turn, taken here at once (it wakes, and finds it done).
+                free = self.max_concurrent_jobs - len(self._running)
+                if free > 0:
+                    for job in await store.acquire_jobs(self.identity, self.lease_duration, free):
+                        func = self._task_callables.get(job.task_id)
+                        if func is None:
+                            func = self._get_task_callable(await store.get_task(job.task_id))
+                        self._running[job.id.int] = job
+                        self._jobs.spawn(job, func)
+                if len(schedules) < SCHEDULE_BATCH:
+                    return
+
+        remove_waker = store.add_wakers(schedules=wake)
+        detach = keeper.attach_engine(EngineProbe(store.next_run_time, fire, pending))
+        try:
+            task_status.started()
+            await self.get_next_event(SchedulerStarted)
+            while self._state is RunState.started:
+                schedules = await store.acquire_schedules(
+                    self.identity, self.lease_duration, SCHEDULE_BATCH
+                )
+                if schedules:
+                    await self._fire(store, schedules)
+                if len(schedules) >= SCHEDULE_BATCH:
+                    wakeup.set()  # more are due: look again after this batch's jobs started
+                await wakeup.wait()
+                wakeup = anyio.Event()
+        finally:
+            remove_waker()
+            detach()
+
     async def _fire(self, store: MemoryStore, schedules: Sequence[Schedule]) -> None:
         """Queue the due jobs of acquired ``schedules`` and release them (never suspends
         unless someone subscribes to ``JobAdded`` or ``ScheduleUpdated``)."""
-        now = datetime.now(_utc)
+        now = self._now()
         jobs: list[Job] = []
         add = jobs.append
         released: list[Schedule] = []
@@ -355,11 +427,11 @@ class MemoryEngine(AsyncScheduler):
                 and not schedule.max_jitter
             ):
                 # The common case: one fire due, no deadline, no jitter.
-                add(new_job(schedule, first, _zero, None, datetime.now(_utc)))
+                add(new_job(schedule, first, _zero, None, now))
                 last = first
             else:
                 fire_times, next_fire_time = self._fire_times(schedule, first, next_fire_time, now)
-                for job in self._jobs_for(schedule, fire_times, next_fire_time):
+                for job in self._jobs_for(schedule, fire_times, next_fire_time, now):
                     add(job)
                 last = fire_times[-1]
             if store.reschedule(schedule.id, last, next_fire_time) is not None:
@@ -413,7 +485,10 @@ class MemoryEngine(AsyncScheduler):
 
     @staticmethod
     def _jobs_for(
-        schedule: Schedule, fire_times: list[datetime], next_fire_time: datetime | None
+        schedule: Schedule,
+        fire_times: list[datetime],
+        next_fire_time: datetime | None,
+        now: datetime,
     ) -> list[Job]:
         """One job per kept fire time, with its jitter and start deadline (stock rules)."""
         jobs = []
@@ -431,7 +506,7 @@ class MemoryEngine(AsyncScheduler):
                 jitter = timedelta(seconds=random.uniform(0, max_jitter))
                 fire_time += jitter
             deadline = None if grace is None else fire_time + grace
-            jobs.append(new_job(schedule, fire_time, jitter, deadline, datetime.now(_utc)))
+            jobs.append(new_job(schedule, fire_time, jitter, deadline, now))
         return jobs
 
     # ------------------------------------------------------------------ jobs
@@ -457,17 +532,24 @@ class MemoryEngine(AsyncScheduler):
             library = sniffio.current_async_library()
             jobs: _Jobs
             self._job_tasks = None
+            run: RunJob = self._run_job
+            virtual: _VirtualJobs | None = None
+            if self.clock.virtual:
+                virtual = _VirtualJobs(self, cast(TimeKeeper, self.clock))
+                run = virtual.run
             if library == "asyncio":
-                asyncio_jobs = _AsyncioJobs(self)
+                asyncio_jobs = _AsyncioJobs(self, run)
                 jobs = asyncio_jobs
                 self._job_tasks = asyncio_jobs.tasks
             elif library == "trio":
                 import trio
 
                 nursery = await exit_stack.enter_async_context(trio.open_nursery())
-                jobs = _TrioJobs(self, nursery)
+                jobs = _TrioJobs(nursery, run)
             else:  # pragma: no cover - anyio runs on asyncio and trio only
-                jobs = _TaskGroupJobs(self, task_group)
+                jobs = _TaskGroupJobs(task_group, run)
+            if virtual is not None:
+                jobs = virtual.wrap(jobs)
             self._jobs = jobs
             task_status.started()
             await self.get_next_event(SchedulerStarted)
@@ -504,7 +586,7 @@ class MemoryEngine(AsyncScheduler):
     async def _run_job(self, job: Job, func: Callable[..., Any], executor: str) -> None:
         store = self._memory_store()
         try:
-            start_time = datetime.now(_utc)
+            start_time = self._now()
             if job.start_deadline is not None and start_time > job.start_deadline:
                 await self._release(store, job, JobOutcome.missed_start_deadline, None, start_time)
                 return
@@ -574,6 +656,11 @@ class MemoryEngine(AsyncScheduler):
             store.forget_job(job)
 
 
+RunJob = Callable[[Job, Callable[..., Any], str], Coroutine[Any, Any, None]]
+"""What runs one job in its task: the engine's ``_run_job`` (or, under virtual time, the
+same wrapped as a unit of work the clock counts)."""
+
+
 class _Jobs:
     """Where the job loop starts each job, and how it waits for them at stop."""
 
@@ -593,8 +680,8 @@ class _Jobs:
 class _TaskGroupJobs(_Jobs):
     """Jobs in the job loop's anyio task group: the group propagates failures."""
 
-    def __init__(self, engine: MemoryEngine, task_group: TaskGroup) -> None:
-        self._run = engine._run_job
+    def __init__(self, task_group: TaskGroup, run: RunJob) -> None:
+        self._run = run
         self._start_soon = task_group.start_soon
 
     def spawn(self, job: Job, func: Callable[..., Any]) -> None:
@@ -606,8 +693,8 @@ class _TrioJobs(_Jobs):
     job's failure fails the loop). Direct, not through anyio's task group, whose per-task
     wrapper and cancel scope were a third of the CPU per run on trio."""
 
-    def __init__(self, engine: MemoryEngine, nursery: Any) -> None:
-        self._run = engine._run_job
+    def __init__(self, nursery: Any, run: RunJob) -> None:
+        self._run = run
         self._start_soon = nursery.start_soon
 
     def spawn(self, job: Job, func: Callable[..., Any]) -> None:
@@ -621,10 +708,10 @@ class _AsyncioJobs(_Jobs):
     ``KeyboardInterrupt`` leave the event loop at once, raised by asyncio itself, as they did
     from anyio's tasks. (No done callback: the task's own ``finally`` does the bookkeeping.)"""
 
-    def __init__(self, engine: MemoryEngine) -> None:
+    def __init__(self, engine: MemoryEngine, run: RunJob) -> None:
         loop = asyncio.get_running_loop()
         self._engine = engine
-        self._run = engine._run_job
+        self._run = run
         # asyncio.Task(...) directly skips create_task()'s Python frame, unless the loop has
         # a task factory, which must then make every task.
         self._new_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] = (
@@ -672,3 +759,35 @@ class _AsyncioJobs(_Jobs):
 def _retrieve_exception(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+class _VirtualJobs(_Jobs):
+    """Under a virtual clock: each job counts as a unit of work from the moment it is spawned
+    (so the clock never moves on while a job is about to start) until it ends."""
+
+    def __init__(self, engine: MemoryEngine, keeper: TimeKeeper) -> None:
+        self._keeper = keeper
+        self._run_job = engine._run_job
+        self._units: dict[int, object] = {}
+        self._inner = _Jobs()
+
+    def wrap(self, inner: _Jobs) -> _Jobs:
+        self._inner = inner
+        return self
+
+    def spawn(self, job: Job, func: Callable[..., Any]) -> None:
+        self._units[job.id.int] = self._keeper.begin(str(job.schedule_id or job.id))
+        self._inner.spawn(job, func)
+
+    async def run(self, job: Job, func: Callable[..., Any], executor: str) -> None:
+        unit = self._units.pop(job.id.int)
+        await self._keeper.run(unit, self._run_job, job, func, executor)
+
+    def failed(self, exc: BaseException) -> None:
+        self._inner.failed(exc)
+
+    def raise_failure(self) -> None:
+        self._inner.raise_failure()
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 RUNS_TABLE = "task_scheduler_runs"
 STATS_TABLE = "task_scheduler_job_stats"
 WORKERS_TABLE = "task_scheduler_workers"
+HISTORY_TABLES = (RUNS_TABLE, STATS_TABLE, WORKERS_TABLE)
 
 
 def add_history_tables(metadata: MetaData) -> None:
@@ -321,6 +322,15 @@ class RunHistory:
             query = query.where(runs.c.outcome == outcome)
         if before is not None:
             query = query.where(runs.c.at < to_micros(before))
+        store = self._store
+        async with store._begin_transaction() as conn:
+            rows = (await store._execute(conn, query)).all()
+        return [_row_to_run(row) for row in rows]
+
+    async def fire_runs(self, fire_id: str) -> list[RunRow]:
+        """The attempts recorded under one fire id, first attempt first."""
+        runs = self._runs
+        query = select(runs).where(runs.c.fire_id == fire_id).order_by(runs.c.attempt)
         store = self._store
         async with store._begin_transaction() as conn:
             rows = (await store._execute(conn, query)).all()

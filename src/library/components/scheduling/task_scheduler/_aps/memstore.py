@@ -32,7 +32,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from heapq import heappop, heappush
 from logging import Logger
 from uuid import UUID
@@ -63,12 +63,12 @@ from apscheduler.abc import EventBroker
 from apscheduler.datastores.base import BaseDataStore
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .._clock import utcnow
 from .._shared import SHARED_EMPTY
 from .pin import require_engine_version
 
 require_engine_version()
 
-_utc = timezone.utc
 _zero = timedelta(0)
 _set = object.__setattr__
 """Sets an attrs field without its converter: only for values that are already what the
@@ -122,6 +122,8 @@ class MemoryStore(BaseDataStore):
     _schedule_wakers: list[ScheduleWaker] = attrs.field(init=False, factory=list)
     _job_wakers: list[JobWaker] = attrs.field(init=False, factory=list)
     _wants: Callable[[type[Event]], bool] = attrs.field(init=False, default=_always)
+    _now: Callable[[], datetime] = attrs.field(kw_only=True, default=utcnow)
+    """The clock's ``now`` (a virtual one in tests): leases and start deadlines follow it."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -302,7 +304,7 @@ class MemoryStore(BaseDataStore):
     async def acquire_schedules(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Schedule]:
-        now = datetime.now(_utc)
+        now = self._now()
         until = now + lease_duration
         schedules: list[Schedule] = []
         if self._acquired:
@@ -441,7 +443,7 @@ class MemoryStore(BaseDataStore):
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int | None = None
     ) -> list[Job]:
-        now = datetime.now(_utc)
+        now = self._now()
         if self._next_lease_check is not None and now > self._next_lease_check:
             self._requeue_expired(now)
         until = now + lease_duration
@@ -553,7 +555,7 @@ class MemoryStore(BaseDataStore):
     async def extend_acquired_schedule_leases(
         self, scheduler_id: str, schedule_ids: set[str], duration: timedelta
     ) -> None:
-        until = datetime.now(_utc) + duration
+        until = self._now() + duration
         for schedule_id in schedule_ids:
             schedule = self._acquired.get(schedule_id)
             if schedule is not None and schedule.acquired_by == scheduler_id:
@@ -562,20 +564,20 @@ class MemoryStore(BaseDataStore):
     async def extend_acquired_job_leases(
         self, scheduler_id: str, job_ids: set[UUID], duration: timedelta
     ) -> None:
-        until = datetime.now(_utc) + duration
+        until = self._now() + duration
         for job_id in job_ids:
             job = self._held.get(job_id.int)
             if job is not None and job.acquired_by == scheduler_id:
                 _set(job, "acquired_until", until)
 
     async def reap_abandoned_jobs(self, scheduler_id: str) -> None:
-        now = datetime.now(_utc)
+        now = self._now()
         for job in [job for job in self._held.values() if job.acquired_by == scheduler_id]:
             result = JobResult.from_job(job, JobOutcome.abandoned, finished_at=now)
             await self.release_job(scheduler_id, job, result)
 
     async def cleanup(self) -> None:
-        now = datetime.now(_utc)
+        now = self._now()
         for job_id in [
             job_id for job_id, result in self._job_results.items() if result.expires_at <= now
         ]:

@@ -36,6 +36,7 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    inspect,
     or_,
     select,
     text,
@@ -45,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
 from .._log import logger
-from .history import add_history_tables
+from .history import HISTORY_TABLES, add_history_tables
 from .leases import LEASE_DURATION
 
 SCHEMA_LOCK_KEY = 0x7A5C_4E11
@@ -64,6 +65,10 @@ the second key is ``hashtext(identity)``. A killed process's session, and its lo
 once: peers free what it held within a sweep, not a lease."""
 LIVENESS_LOCK_SQL = text("SELECT pg_advisory_lock(:lock_class, hashtext(:identity))")
 """SQL: take this process's liveness lock (held by its session until the session ends)."""
+OUTSIDE_POLL = 1.0
+"""SQLite: seconds between two looks for what another process changed in the file (the
+``task-scheduler`` command resumed a schedule, or queued a run-now): SQLite has no events
+between processes. One small query a second; PostgreSQL hears them by NOTIFY instead."""
 FIRED_TABLE = "task_scheduler_fired"
 """Ledger of enqueued fires, (schedule id, fire time): a fire is enqueued at most once."""
 
@@ -512,7 +517,11 @@ class SQLStore(SQLAlchemyDataStore):
     async def get_next_schedule_run_time(self) -> datetime | None:
         wake: datetime | None = await super().get_next_schedule_run_time()
         if self._engine.dialect.name != "postgresql":
-            return wake  # SQLite: one process, nobody else claims anything
+            # SQLite: one process, nobody else claims anything; but the task-scheduler
+            # command may change the file from outside, and no event tells.
+            await self._wake_for_queued_runs()
+            poll = datetime.now(timezone.utc) + timedelta(seconds=OUTSIDE_POLL)
+            return poll if wake is None or poll < wake else wake
         # 4.0.0a6 only looks at unclaimed schedules: those a dead process claimed stay
         # invisible, and with sparse schedules survivors may sleep past their lease for
         # good. While another process holds a claim on a due schedule, wake when it runs
@@ -531,6 +540,65 @@ class SQLStore(SQLAlchemyDataStore):
         soon = datetime.now(timezone.utc) + timedelta(seconds=SWEEP_INTERVAL)
         earliest: datetime = min(claim_ends, soon)
         return earliest if wake is None or earliest < wake else wake
+
+    async def _wake_for_queued_runs(self) -> None:
+        """SQLite: a run-now queued from outside (no schedule) wakes the job loop, which
+        otherwise waits for an event of this process."""
+        jobs = self._t_jobs
+        query = (
+            select(jobs.c.id, jobs.c.task_id)
+            .where(jobs.c.schedule_id.is_(None), jobs.c.acquired_by.is_(None))
+            .limit(1)
+        )
+        async with self._begin_transaction() as conn:
+            queued = (await self._execute(conn, query)).first()
+        if queued is not None:
+            await self._event_broker.publish(
+                JobAdded(job_id=queued.id, task_id=queued.task_id, schedule_id=None)
+            )
+
+    async def open_admin(self, event_broker: EventBroker, logger: logging.Logger) -> bool:
+        """Ready this store for reading and managing from outside any scheduler (the
+        ``task-scheduler`` command), without :meth:`start`: no table is created, nothing
+        is recounted or dropped, nothing is claimed, acquired or swept. False if the
+        database holds no tables of a scheduler (none ever started on it)."""
+        self._event_broker = event_broker
+        self._logger = logger
+        self._claiming = self._taking_jobs = False
+        names = [self._t_schedules.name, self._t_jobs.name, self._t_tasks.name, *HISTORY_TABLES]
+
+        def present(conn: Any) -> bool:
+            inspector = inspect(conn)
+            return all(inspector.has_table(name, schema=self.schema) for name in names)
+
+        engine = self._engine
+        assert isinstance(engine, AsyncEngine)
+        async with engine.connect() as conn:
+            found: bool = await conn.run_sync(present)
+        return found
+
+    async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
+        """Pause or resume a schedule from outside any scheduler (the command has no
+        engine): what 4.0.0a6's ``pause_schedule`` and ``unpause_schedule(resume_from=
+        "now")`` write, through :meth:`add_schedule` (which waits for a claim to end).
+        A resumed schedule fires from now on; the fires missed while paused do not run.
+        Returns the schedule as written, or None if there is none of that id."""
+        found = await self.get_schedules({schedule_id})
+        if not found:
+            return None
+        schedule = found[0]
+        if schedule.paused == paused:
+            return schedule
+        next_fire_time = schedule.next_fire_time
+        now = datetime.now(timezone.utc)
+        if not paused and (next_fire_time is None or next_fire_time < now):
+            while (next_fire_time := schedule.trigger.next()) is not None:
+                if next_fire_time >= now:
+                    break
+        # None: the trigger has no fire left (as 4.0.0a6 writes it; its stub says otherwise).
+        updated = attrs.evolve(schedule, paused=paused, next_fire_time=next_fire_time)  # type: ignore[arg-type]
+        await self.add_schedule(updated, ConflictPolicy.replace)
+        return updated
 
     async def acquire_schedules(
         self, scheduler_id: str, lease_duration: timedelta, limit: int

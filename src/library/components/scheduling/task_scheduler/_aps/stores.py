@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
+import attrs
+from apscheduler import Event
 from apscheduler.abc import EventBroker
 from apscheduler.eventbrokers.local import LocalEventBroker
 
-from .._errors import MissingDependencyError, StoreUnavailableError, UnsupportedError
+from .._clock import utcnow
+from .._errors import (
+    InvalidValueError,
+    MissingDependencyError,
+    StoreUnavailableError,
+    UnsupportedError,
+)
 from .._urls import StoreURL, without_password
+from .leases import STATEMENT_TIMEOUT
 from .memstore import MemoryStore
 
 try:
@@ -61,11 +72,12 @@ def current_async_library() -> str:
 
 
 async def open_memory_store(
-    broker_url: str | None, *, connect_timeout: float
+    broker_url: str | None, *, connect_timeout: float, now: Callable[[], datetime] = utcnow
 ) -> tuple[MemoryStore, EventBroker]:
-    """The in-process store, and Redis or the in-process broker."""
+    """The in-process store (reading the time from ``now``), and Redis or the in-process
+    broker."""
     broker = await _redis_broker(broker_url, connect_timeout) if broker_url else None
-    return MemoryStore(), broker or LocalEventBroker()
+    return MemoryStore(now=now), broker or LocalEventBroker()
 
 
 async def open_sql_store(
@@ -96,27 +108,12 @@ async def open_sql_store(
             f"run on asyncio or trio, or use memory://"
         )
     require_modules(store.kind)
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     from .serializer import SafeJSONSerializer
     from .sqlstore import SQLStore, ensure_schema
 
-    assert store.sqlalchemy_url is not None
     if store.kind == "sqlite":
         hold_sqlite_file(store, exit_stack)
-    connect_args: dict[str, Any] = {}
-    if store.kind == "postgresql":
-        connect_args["timeout"] = connect_timeout
-    engine = create_async_engine(store.sqlalchemy_url, connect_args=connect_args)
-    exit_stack.push_async_callback(engine.dispose)
-    try:
-        with anyio.fail_after(connect_timeout):
-            async with engine.connect():
-                pass
-    except Exception as exc:
-        raise StoreUnavailableError(
-            f"cannot reach the store {store.display} within {connect_timeout} s: {exc}"
-        ) from exc
+    engine = await _connect_engine(store, connect_timeout, exit_stack)
     if store.schema is not None:
         await ensure_schema(engine, store.schema)
     data_store = SQLStore(
@@ -136,10 +133,123 @@ async def open_sql_store(
         # of the task that connects, which copies ours: name the library there.
         sniffio.current_async_library_cvar.set("asyncio")
 
-        event_broker = AsyncpgEventBroker.from_async_sqla_engine(engine, channel=_channel(store))
+        event_broker = AsyncpgEventBroker.from_async_sqla_engine(
+            engine, channel=notify_channel(store)
+        )
     else:
         event_broker = LocalEventBroker()  # SQLite: one process only
     return data_store, event_broker
+
+
+def notify_channel(store: StoreURL) -> str:
+    """The NOTIFY channel of a PostgreSQL store's workers: one per schema, so that
+    schedulers of other schemas never wake ours."""
+    return "task_scheduler" if store.schema is None else f"task_scheduler_{store.schema}"
+
+
+async def _connect_engine(
+    store: StoreURL, connect_timeout: float, exit_stack: AsyncExitStack
+) -> Any:
+    """SQLAlchemy's async engine for ``store``, its server reached once (closed by
+    ``exit_stack``); :class:`StoreUnavailableError` naming the store without its password."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    assert store.sqlalchemy_url is not None
+    connect_args: dict[str, Any] = {}
+    if store.kind == "postgresql":
+        connect_args["timeout"] = connect_timeout
+        connect_args["command_timeout"] = STATEMENT_TIMEOUT  # a frozen server: see there
+    try:
+        engine = create_async_engine(store.sqlalchemy_url, connect_args=connect_args)
+    except Exception as exc:  # SQLAlchemy quotes a URL it cannot use, password and all
+        raise InvalidValueError(
+            f"cannot use the store {store.display}: {_first_line(exc, store)}"
+        ) from None
+    exit_stack.push_async_callback(engine.dispose)
+    try:
+        with anyio.fail_after(connect_timeout):
+            async with engine.connect():
+                pass
+    except Exception as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else _first_line(exc, store)
+        raise StoreUnavailableError(
+            f"cannot reach the store {store.display} within {connect_timeout} s: {reason}"
+        ) from exc
+    return engine
+
+
+def _first_line(exc: BaseException, store: StoreURL) -> str:
+    """A driver's error without the SQL and background links SQLAlchemy appends, and
+    without the store's password should a driver ever quote it."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    password = urlsplit(store.url).password
+    return line.replace(password, "***") if password else line
+
+
+async def open_admin_store(
+    store: StoreURL,
+    broker_url: str | None,
+    *,
+    connect_timeout: float,
+    exit_stack: AsyncExitStack,
+) -> SQLStore | None:
+    """A SQL store opened to read and manage it from outside (the ``task-scheduler``
+    command): no engine, no claims, no tables created, the SQLite file's lock left to the
+    worker holding it. Events it publishes reach the live workers (NOTIFY on PostgreSQL,
+    or the Redis broker they share); SQLite workers look for changes every second.
+    None if no scheduler ever created its tables there."""
+    library = current_async_library()
+    if library != "asyncio":
+        raise UnsupportedError(f"the {store.kind} store needs asyncio, but this is {library}")
+    require_modules(store.kind)
+    from .._log import logger
+    from .serializer import SafeJSONSerializer
+    from .sqlstore import SQLStore
+
+    if store.kind == "sqlite" and not await anyio.Path(urlsplit(store.url).path[1:]).is_file():
+        # Connecting would create an empty database there.
+        raise StoreUnavailableError(f"the SQLite store {store.display} does not exist")
+    engine = await _connect_engine(store, connect_timeout, exit_stack)
+    event_broker: EventBroker
+    if broker_url:
+        event_broker = await _redis_broker(broker_url, connect_timeout)
+        await event_broker.start(exit_stack, logger)
+    elif store.kind == "postgresql":
+        # Neither is started: with nobody subscribed here, publishing needs no task group.
+        event_broker = NotifyPublisher(engine=engine, channel=notify_channel(store))
+    else:
+        event_broker = LocalEventBroker()  # SQLite: the workers poll
+    data_store = SQLStore(engine, schema=store.schema, serializer=SafeJSONSerializer())
+    try:
+        with anyio.fail_after(connect_timeout):
+            found = await data_store.open_admin(event_broker, logger)
+    except Exception as exc:
+        raise StoreUnavailableError(
+            f"cannot read the store {store.display}: {_first_line(exc, store)}"
+        ) from exc
+    return data_store if found else None
+
+
+@attrs.define(eq=False)
+class NotifyPublisher(LocalEventBroker):
+    """Publishes events to a PostgreSQL store's workers by NOTIFY, in their format; hears
+    none (the ``task-scheduler`` command only tells the workers)."""
+
+    engine: Any = attrs.field(kw_only=True)
+    channel: str = attrs.field(kw_only=True)
+
+    async def publish(self, event: Event) -> None:
+        from apscheduler.eventbrokers.asyncpg import AsyncpgEventBroker
+        from sqlalchemy import text
+
+        encoder = AsyncpgEventBroker(dsn="postgresql://unused", channel=self.channel)
+        payload = encoder.generate_notification_str(event)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": self.channel, "payload": payload},
+            )
 
 
 async def _open_sql_store_on_threads(
@@ -190,8 +300,9 @@ async def _open_sql_store_on_threads(
         with anyio.fail_after(connect_timeout + 1):
             await anyio.to_thread.run_sync(connect, abandon_on_cancel=True)
     except Exception as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else _first_line(exc, store)
         raise StoreUnavailableError(
-            f"cannot reach the store {store.display} within {connect_timeout} s: {exc}"
+            f"cannot reach the store {store.display} within {connect_timeout} s: {reason}"
         ) from exc
     data_store = ThreadedSQLStore(
         engine, schema=store.schema, serializer=SafeJSONSerializer(), notices=notices
@@ -202,14 +313,9 @@ async def _open_sql_store_on_threads(
 
     conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     event_broker = await open_wakeups(
-        data_store, engine, conninfo, _channel(store), connect_timeout
+        data_store, engine, conninfo, notify_channel(store), connect_timeout
     )
     return data_store, event_broker
-
-
-def _channel(store: StoreURL) -> str:
-    """One NOTIFY channel per schema: schedulers of other schemas never wake ours."""
-    return "task_scheduler" if store.schema is None else f"task_scheduler_{store.schema}"
 
 
 def hold_sqlite_file(store: StoreURL, exit_stack: AsyncExitStack) -> None:
