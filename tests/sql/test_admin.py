@@ -38,6 +38,7 @@ def anyio_backend() -> str:
     """The admin store (TaskAdmin, the task-scheduler command) opens on asyncio only."""
     return "asyncio"
 
+
 PASSWORD = "S3cretPw"
 SLOW_CALLS: list[str] = []
 
