@@ -81,6 +81,10 @@ def examples(session: nox.Session) -> None:
     """Smoke-run every example: each starts, fires its jobs, and stops by itself."""
     session.install("-e", ".[test]")
     session.run("python", "examples/trio_app.py", "--smoke")
+    with tempfile.TemporaryDirectory(prefix="fastapi-task-scheduler-trio-") as tmp:
+        store = f"sqlite:///{Path(tmp) / 'trio_app.db'}"
+        for _ in range(2):  # the second start finds the first one's schedules
+            session.run("python", "examples/trio_app.py", "--smoke", "--store", store)
     session.run("python", "examples/fastapi_app.py", "--smoke")
 
 

@@ -3,7 +3,8 @@
 Run by ``pg.py`` as ``python bench/_pg_worker.py '<json params>'``, once per process of a cell.
 Params: ``store`` (the postgresql:// URL, with its fresh ``?schema=``), ``t0`` (the wall-clock
 second every schedule starts at), ``n`` (interval schedules of 1 s), ``warmup``, ``window`` and
-``tail`` (seconds). Each process declares the same ``n`` schedules and starts; then it prints
+``tail`` (seconds), ``loop`` (``asyncio``, the default, or ``trio``). Each process declares
+the same ``n`` schedules and starts; then it prints
 ``ready`` and reads from stdin when the measuring window opens (a whole second, once every
 process of the cell is ready), runs until ``tail`` seconds after the window and stops by itself.
 Every run appends its job id, its scheduled fire time (from ``apscheduler.current_job``) and its
@@ -24,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import anyio
 from _common import BOUNDARY_LEAD, seconds_until, worker_main
 from apscheduler import current_job
 
@@ -87,13 +89,13 @@ async def measure_async(params: dict[str, Any]) -> dict[str, Any]:
     async with scheduler:
         ready = time.time()
         print("ready", flush=True)
-        window_open = float(await asyncio.to_thread(sys.stdin.readline))
+        window_open = float(await anyio.to_thread.run_sync(sys.stdin.readline))
         window_close = window_open + window
-        await asyncio.sleep(seconds_until(window_open - BOUNDARY_LEAD))
+        await anyio.sleep(seconds_until(window_open - BOUNDARY_LEAD))
         cpu_first, wall_first = time.process_time(), time.time()
-        await asyncio.sleep(seconds_until(window_close - BOUNDARY_LEAD))
+        await anyio.sleep(seconds_until(window_close - BOUNDARY_LEAD))
         cpu_last, wall_last = time.process_time(), time.time()
-        await asyncio.sleep(seconds_until(window_close + tail))
+        await anyio.sleep(seconds_until(window_close + tail))
         # The worker id, in versions that have one (after the window: it may ask the store).
         worker = getattr(await scheduler.get_status(), "worker_id", None)
         stopping = time.time()
@@ -114,8 +116,13 @@ async def measure_async(params: dict[str, Any]) -> dict[str, Any]:
 def measure(params: dict[str, Any]) -> dict[str, Any]:
     # Warnings and errors of the library go to stderr, where pg.py counts them.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Plain asyncio, as under uvicorn (the SQL store is asyncio-only).
-    result = asyncio.run(measure_async(params))
+    if params.get("loop", "asyncio") == "trio":
+        import trio
+
+        result = trio.run(measure_async, params)
+    else:
+        # Plain asyncio, as under uvicorn.
+        result = asyncio.run(measure_async(params))
     result["task_scheduler_from"] = sys.modules[TaskScheduler.__module__].__file__
     # The package itself: pg.py checks it lies in the src/ directory the cell was meant to run.
     result["task_scheduler_package"] = sys.modules[PACKAGE].__file__

@@ -2,7 +2,7 @@
 
     python bench/pg.py [--quick] [--dsn postgresql://user@host:port/db] [--out FILE]
                        [--counts 20,100] [--processes 1,3] [--repeat K] [--src SRC_DIR]
-                       [--variant NAME=SRC_DIR ...]
+                       [--variant NAME=SRC_DIR ...] [--loop asyncio|trio]
 
 Every cell runs its processes fresh (``_pg_worker.py``) on a fresh PostgreSQL schema, dropped
 afterwards. N interval schedules of 1 s fire together each second; over a fixed window, once
@@ -102,6 +102,8 @@ class Plan:
     window: int
     tail: int
     """Seconds the processes keep running after the window: late runs of its fires count."""
+    loop: str = "asyncio"
+    """The event loop the workers run on: ``asyncio`` or ``trio``."""
 
 
 FULL = Plan("full", (20, 50, 100, 1_000), (1, 3), warmup=5, window=15, tail=3)
@@ -328,6 +330,7 @@ def run_cell(plan: Plan, dsn: str, n: int, processes: int, variant: Variant) -> 
         "warmup": plan.warmup,
         "window": plan.window,
         "tail": plan.tail,
+        "loop": plan.loop,
     }
     workers = launch(params, processes, variant.src)
     outputs: list[tuple[dict[str, Any] | None, str]] = []
@@ -672,9 +675,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=SRC",
         help="also run every cell with our package from another src/ directory (repeatable)",
     )
+    parser.add_argument(
+        "--loop", choices=("asyncio", "trio"), default="asyncio", help="the workers' event loop"
+    )
     args = parser.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
+    if args.loop != plan.loop:
+        plan = Plan(**{**asdict(plan), "loop": args.loop})
     if args.counts:
         plan = Plan(**{**asdict(plan), "counts": args.counts})
     if args.processes:

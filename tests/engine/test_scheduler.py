@@ -403,7 +403,6 @@ async def test_memory_store_jobs_share_one_engine_task(anyio_backend: str) -> No
     assert {s.id for s in schedules} == {"b", "c"} and {"a", "b"} <= set(runs)
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # persistent stores: asyncio only
 async def test_persistent_store_jobs_keep_their_own_engine_task(
     anyio_backend: str, tmp_path: Path
 ) -> None:

@@ -2,7 +2,8 @@
 
 Several schedulers on one store in this process are several workers (each has its own id), as
 in tests/sql/test_cluster.py. The HTTP client is httpx's ASGI transport, in the test's own event
-loop, next to the schedulers. SQL stores are asyncio-only (tests/sql/conftest.py).
+loop, next to the schedulers. On asyncio only: FastAPI apps are served on asyncio (uvicorn); the
+stores on trio are tests/sql's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def anyio_backend() -> str:
-    """APScheduler's SQL store is asyncio-only."""
+    """FastAPI is served on asyncio (the stores on trio: tests/sql)."""
     return "asyncio"
 
 

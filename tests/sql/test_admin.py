@@ -32,6 +32,13 @@ from library.components.scheduling.task_scheduler._cli import cli
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The admin store (TaskAdmin, the task-scheduler command) opens on asyncio only."""
+    return "asyncio"
+
+
 PASSWORD = "S3cretPw"
 SLOW_CALLS: list[str] = []
 

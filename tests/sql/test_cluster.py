@@ -106,7 +106,8 @@ async def test_history_and_counts_survive_a_restart_of_every_worker(sql_url: str
 
 
 async def test_runs_in_progress_are_visible_from_every_worker(pg_url: str) -> None:
-    async with workers(pg_url, 2) as (a, b):
+    # The slow runs are cancelled at stop: a short drain keeps the test short.
+    async with workers(pg_url, 2, shutdown_timeout=1) as (a, b):
         await a.run_job("slow", wait=False)
         await a.run_job("slow", wait=False)
         with anyio.fail_after(5):

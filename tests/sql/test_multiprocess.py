@@ -23,9 +23,9 @@ LEAD = 5  # seconds to the first fire: time for the processes to start on a busy
 
 
 def start_workers(
-    store: str, start: datetime, seconds: float, count: int, *extra: str
+    store: str, start: datetime, seconds: float, count: int, *extra: str, loop: str = "asyncio"
 ) -> list[Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TASK_SCHEDULER_LOOP": loop}
     args = [store, start.isoformat(), str(seconds), str(JOBS), *extra]
     return [
         subprocess.Popen(
@@ -59,18 +59,24 @@ def check_once(runs: list[dict[str, Any]], first: datetime, last: datetime) -> N
         assert per_job[f"job-{index}"] >= 0.9 * expected, (per_job, expected)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
 def test_three_processes_starting_together_on_an_empty_database_run_each_fire_once(
-    pg_url: str,
+    pg_url: str, loop: str
 ) -> None:
     start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=LEAD)
-    workers = start_workers(pg_url, start, seconds=LEAD + 12, count=3)
+    workers = start_workers(pg_url, start, LEAD + 12, 3, loop=loop)
     runs = collect(workers, timeout=60)
     by_process = Counter(r["run_id"].split("-")[0] for r in runs)
     assert len(by_process) == 3, "every process took part in the work"
     check_once(runs, start, start + timedelta(seconds=11))
 
 
-def test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses(pg_url: str) -> None:
+@pytest.mark.parametrize("new_loop", ["asyncio", "trio"])
+def test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses(
+    pg_url: str, new_loop: str
+) -> None:
+    """Three processes replaced by three new ones while they run; with ``new_loop`` trio the
+    new ones run under trio.run (a cluster of both loops meanwhile: one channel, one store)."""
     import signal
 
     import anyio
@@ -96,7 +102,7 @@ def test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses(pg_url: st
     import time
 
     time.sleep(max(0.0, (start - datetime.now(timezone.utc)).total_seconds()) + 4)
-    new = start_workers(pg_url, start, seconds=8, count=3)
+    new = start_workers(pg_url, start, 8, 3, loop=new_loop)
     for worker in new:
         assert worker.stdout.readline().strip() == "ready"
     for worker in old:
@@ -123,14 +129,15 @@ def test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses(pg_url: st
         assert per_job[f"job-{index}"] >= 0.9 * expected, (per_job, expected)
 
 
-def test_kill_9_of_a_process_running_a_job(pg_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_kill_9_of_a_process_running_a_job(pg_url: str, tmp_path: Path, loop: str) -> None:
     """The others keep every schedule firing; the lost run is recorded and retried."""
     import signal
     import time
 
     pid_file = tmp_path / "slow.pid"
     start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=LEAD)
-    workers = start_workers(pg_url, start, LEAD + 22, 3, str(pid_file))
+    workers = start_workers(pg_url, start, LEAD + 22, 3, str(pid_file), loop=loop)
     deadline = time.monotonic() + 20
     while not pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.05)

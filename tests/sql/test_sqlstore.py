@@ -1,6 +1,7 @@
 """SQLStore: each APScheduler 4.0.0a6 defect it closes, reproduced at the store's own API.
 
-Real SQLite and PostgreSQL (each test in a fresh schema); asyncio only, as the store is.
+Real SQLite and PostgreSQL (each test in a fresh schema), on asyncio and on trio (the same
+store on a synchronous engine driven from threads).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ async def test_the_ledger_forgets_fires_its_schedule_moved_past(url: str) -> Non
         await store.add_job(fire(at=schedule.next_fire_time))
         await store.cleanup()
         async with store._begin_transaction() as conn:
-            rows = (await conn.execute(select(store._t_fired.c.fire_time))).all()
+            rows = (await store._execute(conn, select(store._t_fired.c.fire_time))).all()
     assert len(rows) == 1, "only the fire the schedule has not moved past is kept"
 
 

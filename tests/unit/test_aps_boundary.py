@@ -55,3 +55,21 @@ def test_a_missing_store_dependency_names_the_extra(monkeypatch: pytest.MonkeyPa
         'the postgresql store needs greenlet: pip install "fastapi-task-scheduler[postgres]"'
     )
     assert isinstance(info.value, ImportError)
+
+
+def test_a_missing_store_dependency_on_trio_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On trio the PostgreSQL store runs on psycopg 3 (a synchronous engine on threads)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "psycopg" else real(name, *args),
+    )
+    with pytest.raises(MissingDependencyError) as info:
+        stores.require_modules("postgresql", threads=True)
+    assert str(info.value) == (
+        'the postgresql store needs psycopg: pip install "fastapi-task-scheduler[postgres]"'
+    )
+    stores.require_modules("sqlite", threads=True)  # the standard library's sqlite3

@@ -116,7 +116,6 @@ def test_serializer_refuses_other_classes() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_unreachable_postgres_is_a_clear_error_not_a_hang(anyio_backend: str) -> None:
     scheduler = TaskScheduler(
         SchedulerConfig(store="postgresql://postgres@127.0.0.1:1/test", connect_timeout=5)
@@ -136,17 +135,6 @@ async def test_unreachable_redis_is_a_clear_error(anyio_backend: str) -> None:
     )
     with anyio.fail_after(15), pytest.raises(StoreUnavailableError, match="event broker"):
         await scheduler.start()
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["trio"])
-async def test_persistent_store_on_trio_is_a_clear_error(
-    anyio_backend: str, tmp_path: os.PathLike[str]
-) -> None:
-    scheduler = TaskScheduler(SchedulerConfig(store=f"sqlite:///{tmp_path}/jobs.db"))
-    with pytest.raises(RuntimeError, match=r"needs asyncio.*this is trio.*memory://"):
-        await scheduler.start()
-    assert scheduler.state == "stopped"
 
 
 def test_memory_store_in_sibling_processes_warns(tmp_path: os.PathLike[str]) -> None:

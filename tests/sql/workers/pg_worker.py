@@ -2,12 +2,14 @@
 
 Usage: python pg_worker.py STORE_URL START_ISO SECONDS [JOBS [PID_FILE]]
 Runs the scheduler until SECONDS have passed (or SIGTERM), then prints its runs as JSON lines.
+On plain asyncio, or under ``trio.run`` when the environment has TASK_SCHEDULER_LOOP=trio.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from datetime import datetime
@@ -36,5 +38,10 @@ if __name__ == "__main__":
     job_count = int(sys.argv[4]) if len(sys.argv) > 4 else 20
     pid_path = sys.argv[5] if len(sys.argv) > 5 else None
     start_at = datetime.fromisoformat(start_iso)
-    # Plain asyncio, as under uvicorn (anyio.run would hide a defect of the asyncpg broker).
-    asyncio.run(main(store_url, start_at, float(seconds_text), job_count, pid_path))
+    if os.environ.get("TASK_SCHEDULER_LOOP") == "trio":
+        import trio
+
+        trio.run(main, store_url, start_at, float(seconds_text), job_count, pid_path)
+    else:
+        # Plain asyncio, as under uvicorn (anyio.run would hide a defect of the asyncpg broker).
+        asyncio.run(main(store_url, start_at, float(seconds_text), job_count, pid_path))

@@ -139,9 +139,20 @@ a fire is enqueued twice when a process dies before its schedule is advanced
             SQLStore._prune_fired
     tests:  test_sqlstore.py::test_a_fire_is_enqueued_once_even_if_its_schedule_was_not_advanced
             test_sqlstore.py::test_the_ledger_forgets_fires_its_schedule_moved_past
-the SQL store refuses trio
-    closed: _aps.stores:open_sql_store (a clear UnsupportedError)
-    test:   test_stores.py::test_persistent_store_on_trio_is_a_clear_error
+the SQL store refuses trio (its ``start()`` checks for asyncio, although it drives a
+synchronous engine through anyio's threads, which trio runs), and those thread calls share
+anyio's default limiter, and check connections out of the pool inside a thread (a deadlock
+once every thread waits for a connection)
+    closed: _aps.threadstore:ThreadedSQLStore (the same start without the check; its own
+            transaction slots and thread limiter, as many as connections; rows fetched in the
+            thread) on stdlib sqlite3 and psycopg 3, opened by _aps.stores:open_sql_store;
+            wake-ups across processes: _aps.wakeups (LISTEN/NOTIFY on a thread, or a poll)
+    tests:  every test of tests/sql runs on trio too (test_sqlstore.py, test_persistence.py,
+            test_history_store.py, test_cluster.py); test_multiprocess.py::
+            test_three_processes_starting_together_on_an_empty_database_run_each_fire_once
+            and test_kill_9_of_a_process_running_a_job under trio.run,
+            test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses[trio] (asyncio
+            processes replaced by trio ones); test_trio_stores.py (the poll, a reconnect)
 
 Found later, while building on it:
 

@@ -63,6 +63,8 @@ LIVENESS_LOCK_CLASS = 0x7A5C
 """First key of the session-level advisory lock each live process holds (PostgreSQL);
 the second key is ``hashtext(identity)``. A killed process's session, and its lock, end at
 once: peers free what it held within a sweep, not a lease."""
+LIVENESS_LOCK_SQL = text("SELECT pg_advisory_lock(:lock_class, hashtext(:identity))")
+"""SQL: take this process's liveness lock (held by its session until the session ends)."""
 OUTSIDE_POLL = 1.0
 """SQLite: seconds between two looks for what another process changed in the file (the
 ``task-scheduler`` command resumed a schedule, or queued a run-now): SQLite has no events
@@ -254,11 +256,17 @@ class SQLStore(SQLAlchemyDataStore):
     async def start(
         self, exit_stack: AsyncExitStack, event_broker: EventBroker, logger: logging.Logger
     ) -> None:
-        await super().start(exit_stack, event_broker, logger)
+        await self._start_base(exit_stack, event_broker, logger)
         exit_stack.push_async_callback(self._drop_liveness)
         if self._engine.dialect.name == "sqlite":
             await self._recount_running()
         await self._drop_superseded_fires()
+
+    async def _start_base(
+        self, exit_stack: AsyncExitStack, event_broker: EventBroker, logger: logging.Logger
+    ) -> None:
+        """4.0.0a6's start: tables created or checked (the store on threads has its own)."""
+        await super().start(exit_stack, event_broker, logger)
 
     async def _drop_superseded_fires(self) -> None:
         """At start: fires left queued unstarted (by a process that stopped) of coalescing
@@ -309,8 +317,7 @@ class SQLStore(SQLAlchemyDataStore):
         conn = await engine.connect()
         try:
             await conn.execute(
-                text("SELECT pg_advisory_lock(:lock_class, hashtext(:identity))"),
-                {"lock_class": LIVENESS_LOCK_CLASS, "identity": scheduler_id},
+                LIVENESS_LOCK_SQL, {"lock_class": LIVENESS_LOCK_CLASS, "identity": scheduler_id}
             )
             await conn.commit()
         except BaseException:
@@ -671,9 +678,14 @@ class SQLStore(SQLAlchemyDataStore):
         # 4.0.0a6: processes starting together on an empty PostgreSQL database race in
         # create_all (CREATE TYPE coalescepolicy -> IntegrityError), and one of them dies.
         # A transaction-level advisory lock, in the same transaction, serializes them.
-        if isinstance(conn, AsyncConnection) and conn.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        await self._lock_schema(conn)
         await super()._create_metadata(conn)
+
+    async def _lock_schema(self, conn: Any) -> None:
+        """PostgreSQL: hold the schema lock until ``conn``'s transaction ends."""
+        if conn.dialect.name == "postgresql":
+            lock = text("SELECT pg_advisory_xact_lock(:key)")
+            await self._execute(conn, lock, {"key": SCHEMA_LOCK_KEY})
 
     async def release_claims(self, scheduler_id: str) -> int:
         """Give back every schedule and job ``scheduler_id`` still claims; return how many.

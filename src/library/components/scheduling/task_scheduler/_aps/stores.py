@@ -1,7 +1,9 @@
 """Store URL -> APScheduler data store and event broker, and the settings they run with.
 
 Persistent stores save JSON, never pickle, and load back only trigger classes (no code runs
-from what a database holds). APScheduler's SQL store is asyncio-only.
+from what a database holds). On asyncio the SQL stores use SQLAlchemy's asyncio engines
+(aiosqlite, asyncpg); on trio the same store on a synchronous engine (stdlib sqlite3,
+psycopg 3) driven from threads (_aps/threadstore.py), with wake-ups from _aps/wakeups.py.
 """
 
 from __future__ import annotations
@@ -46,11 +48,14 @@ MODULES_FOR = {
     "postgresql": ("sqlalchemy", "asyncpg", "greenlet", "sniffio"),
     "redis": ("redis",),
 }
+MODULES_ON_THREADS = {"sqlite": ("sqlalchemy",), "postgresql": ("sqlalchemy", "psycopg")}
+"""What a store needs on trio (a synchronous engine: stdlib sqlite3, psycopg 3)."""
 
 
-def require_modules(what: str) -> None:
+def require_modules(what: str, *, threads: bool = False) -> None:
     """Fail clearly when an optional dependency of a store or broker is missing (trap 16)."""
-    missing = [name for name in MODULES_FOR[what] if importlib.util.find_spec(name) is None]
+    needed = MODULES_ON_THREADS[what] if threads else MODULES_FOR[what]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingDependencyError(
             f"the {what} store needs {', '.join(missing)}: "
@@ -89,10 +94,18 @@ async def open_sql_store(
     process, skipped at max_instances across processes).
     """
     library = current_async_library()
+    if library == "trio":
+        return await _open_sql_store_on_threads(
+            store,
+            broker_url,
+            connect_timeout=connect_timeout,
+            exit_stack=exit_stack,
+            notices=notices,
+        )
     if library != "asyncio":
         raise UnsupportedError(
-            f"the {store.kind} store needs asyncio (APScheduler's SQL data store is "
-            f"asyncio-only), but this is {library}: run on asyncio, or use memory://"
+            f"the {store.kind} store runs on asyncio or trio, but this is {library}: "
+            f"run on asyncio or trio, or use memory://"
         )
     require_modules(store.kind)
     from .serializer import SafeJSONSerializer
@@ -237,6 +250,72 @@ class NotifyPublisher(LocalEventBroker):
                 text("SELECT pg_notify(:channel, :payload)"),
                 {"channel": self.channel, "payload": payload},
             )
+
+
+async def _open_sql_store_on_threads(
+    store: StoreURL,
+    broker_url: str | None,
+    *,
+    connect_timeout: float,
+    exit_stack: AsyncExitStack,
+    notices: RunNotices,
+) -> tuple[SQLStore, EventBroker]:
+    """trio: the same store on a synchronous engine (stdlib sqlite3, psycopg 3) driven from
+    threads with a bounded pool; peers woken by LISTEN/NOTIFY on a thread (or a poll)."""
+    if broker_url:
+        raise UnsupportedError(
+            f"the event broker {without_password(urlsplit(broker_url))} needs asyncio "
+            f"(redis.asyncio), but this is trio: leave event_broker unset (a PostgreSQL "
+            f"store wakes its peers by LISTEN/NOTIFY on trio), or run on asyncio"
+        )
+    require_modules(store.kind, threads=True)
+    from sqlalchemy import create_engine, make_url
+
+    from .serializer import SafeJSONSerializer
+    from .threadstore import ThreadedSQLStore, pool_size
+
+    assert store.sqlalchemy_url is not None
+    if store.kind == "sqlite":
+        hold_sqlite_file(store, exit_stack)
+    driver = "postgresql+psycopg" if store.kind == "postgresql" else "sqlite"
+    url = make_url(store.sqlalchemy_url).set(drivername=driver)
+    connect_args: dict[str, Any] = {}
+    if store.kind == "postgresql":
+        connect_args.update(
+            connect_timeout=max(2, round(connect_timeout)), application_name="task_scheduler"
+        )
+        # A statement on a connection whose server went away fails within ~10 s instead of
+        # hanging its thread (and its transaction slot) until the kernel gives up.
+        connect_args.update(keepalives=1, keepalives_idle=5, keepalives_interval=2)
+        connect_args.update(keepalives_count=3)
+    # Bounded: the store's transaction slots, its liveness session and the broker's publishes.
+    engine = create_engine(url, pool_size=pool_size(), max_overflow=0, connect_args=connect_args)
+    exit_stack.callback(engine.dispose)
+
+    def connect() -> None:
+        with engine.connect():
+            pass
+
+    try:
+        with anyio.fail_after(connect_timeout + 1):
+            await anyio.to_thread.run_sync(connect, abandon_on_cancel=True)
+    except Exception as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else _first_line(exc, store)
+        raise StoreUnavailableError(
+            f"cannot reach the store {store.display} within {connect_timeout} s: {reason}"
+        ) from exc
+    data_store = ThreadedSQLStore(
+        engine, schema=store.schema, serializer=SafeJSONSerializer(), notices=notices
+    )
+    if store.kind != "postgresql":
+        return data_store, LocalEventBroker()  # SQLite: one process only
+    from .wakeups import open_wakeups
+
+    conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    event_broker = await open_wakeups(
+        data_store, engine, conninfo, notify_channel(store), connect_timeout
+    )
+    return data_store, event_broker
 
 
 def hold_sqlite_file(store: StoreURL, exit_stack: AsyncExitStack) -> None:

@@ -1,0 +1,103 @@
+"""What only the store on trio has: wake-ups across processes without asyncpg or Redis.
+
+The guarantees themselves are every other test of this folder, run on trio too; a cluster of
+asyncio and trio processes: test_multiprocess.py::
+test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses[trio].
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+
+import anyio
+import psycopg
+import pytest
+from apscheduler import Event, TaskAdded
+
+from library.components.scheduling.task_scheduler import Outcome, SchedulerConfig, TaskScheduler
+from library.components.scheduling.task_scheduler._aps import wakeups
+from library.components.scheduling.task_scheduler._aps.stores import open_sql_store
+from library.components.scheduling.task_scheduler._urls import parse_store_url
+
+pytestmark = pytest.mark.anyio
+
+LOG = logging.getLogger("tests.trio_stores")
+
+
+class NoNotices:
+    def abandoned(self, job: object) -> None:
+        pass
+
+    def skipped(self, job: object, running: int) -> None:
+        pass
+
+
+def listener_pids(pg_url: str) -> set[int]:
+    """The sessions listening on the channel of ``pg_url``'s schema (their last statement)."""
+    dsn, _, schema = pg_url.partition("?schema=")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'task_scheduler_listener'"
+            " AND query = %s",
+            (f'LISTEN "task_scheduler_{schema}"',),
+        ).fetchall()
+    return {pid for (pid,) in rows}
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_the_listening_session_comes_back_after_the_server_ends_it(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server restart (here: pg_terminate_backend) ends the session that listens for
+    peers' events: it reconnects, and events published afterwards are delivered again."""
+    received: list[Event] = []
+    async with AsyncExitStack() as stack:
+        _, broker = await open_sql_store(
+            parse_store_url(pg_url), None, connect_timeout=10, exit_stack=stack, notices=NoNotices()
+        )
+        assert isinstance(broker, wakeups.ThreadedNotifyBroker)
+        await broker.start(stack, LOG)
+        [first] = listener_pids(pg_url)
+        broker.subscribe(received.append, {TaskAdded})
+        with psycopg.connect(pg_url.partition("?")[0], autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (first,))
+        with anyio.fail_after(10):
+            while not listener_pids(pg_url) - {first}:
+                await anyio.sleep(0.05)
+            while not received:  # until the new session listens, a NOTIFY reaches nobody
+                await broker.publish(TaskAdded(task_id="after"))
+                await anyio.sleep(0.2)
+    assert "lost the session that listens for peers' events" in caplog.text
+    assert {event.task_id for event in received} == {"after"}  # type: ignore[attr-defined]
+
+
+CALLS: list[str] = []
+
+
+async def greet(name: str) -> None:
+    CALLS.append(name)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_without_notify_peers_find_each_others_work_by_polling(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where NOTIFY does not reach other sessions (a pooler in transaction mode), the store
+    is polled: a job one process adds still runs in the other, each fire once."""
+    monkeypatch.setattr(wakeups, "notify_reaches_peers", lambda *args: False)
+    CALLS.clear()
+    adder = TaskScheduler(SchedulerConfig(store=pg_url))
+    other_process = TaskScheduler(SchedulerConfig(store=pg_url))
+    with caplog.at_level(logging.WARNING):
+        async with adder, other_process:
+            await adder.add_interval_job(greet, "greet", seconds=0.1, args=["eve"])
+            await anyio.sleep(2)
+            await adder.pause_job("greet")
+            await anyio.sleep(0.3)  # a fire enqueued before the pause may still run
+            runs = await other_process.get_runs("greet", limit=1000)  # every worker's
+    assert "peers are found by polling the store" in caplog.text
+    fires = [run.scheduled_at for run in runs if run.outcome is Outcome.success]
+    assert len(fires) == len(set(fires)) >= 8
+    assert len({run.worker for run in runs}) == 2, "both processes took part"
+    assert CALLS.count("eve") == len(fires)
