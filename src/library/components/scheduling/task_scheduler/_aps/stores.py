@@ -106,6 +106,8 @@ async def open_sql_store(
     data_store = SQLStore(
         engine, schema=store.schema, serializer=SafeJSONSerializer(), notices=notices
     )
+    # Its liveness lock outlives engine restarts (SQLStore._keep_liveness): dropped here.
+    exit_stack.push_async_callback(data_store._drop_liveness)
     event_broker: EventBroker
     if broker_url:
         event_broker = await _redis_broker(broker_url, connect_timeout)
