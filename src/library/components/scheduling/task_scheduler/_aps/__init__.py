@@ -119,8 +119,27 @@ a dead process is noticed only when its leases run out (30 s; slots after 15 min
     closed: _aps.leases:LEASE_DURATION and CLEANUP_INTERVAL (set by _backend:SQLBackend.open);
             _aps.sqlstore:SQLStore._announce (a liveness advisory lock per process) and
             SQLStore._free_dead_claims
-    tests:  test_sqlstore.py::test_jobs_of_a_process_that_is_gone_are_abandoned_at_once
+    tests:  test_sqlstore.py::test_jobs_of_a_process_that_is_gone_are_abandoned_within_a_grace
             test_multiprocess.py::test_kill_9_of_a_process_running_a_job
+a connection blip (sessions cut, a restarted server) made a live process look dead: peers
+swept its runs ``abandoned`` (and retried them) on one look at its missing liveness lock; a
+statement on a cut connection (a ``DBAPIError``, not retried) crashed the engine, cancelling
+its runs; the restarted engine's ``reap_abandoned_jobs`` released its own acquired jobs
+``abandoned`` - never-started ones lost, ended ones recorded as never finished
+    closed: _aps.sqlstore:SQLStore, the "connection blips" block: SQLStore._retry (a cut
+            connection is retried), SQLStore._keep_liveness (the lock is taken again at
+            once; leases of jobs in hand renewed every second), SQLStore._gone_holders (a
+            lock missing for HOLDER_GRACE), SQLStore.reap_abandoned_jobs with
+            SQLStore.release_job (a release that could not be written is written at the
+            restart; never-started jobs are queued again); _aps.stores:open_sql_store (the
+            lock lives as long as the store, not the engine)
+    tests:  test_blips.py::test_cut_sessions_of_a_live_scheduler_leave_its_runs_alone
+            test_blips.py::test_a_short_outage_while_a_job_runs_keeps_its_real_outcome
+            test_sqlstore.py::test_a_cut_liveness_session_is_taken_again_at_once
+            test_sqlstore.py::test_leases_of_jobs_in_hand_are_renewed_every_second
+            test_sqlstore.py::
+            test_jobs_left_by_the_previous_engine_are_settled_not_abandoned
+            test_sqlstore.py::test_jobs_of_a_process_that_is_gone_are_abandoned_within_a_grace
 processes starting together on an empty database race in ``create_all`` / CREATE SCHEMA
     closed: _aps.sqlstore:SQLStore._create_metadata and _aps.sqlstore:ensure_schema
             (``pg_advisory_xact_lock``)
@@ -171,7 +190,8 @@ the metadata validator rejects any nested ``None``
 the schedule loop ignores a ``ScheduleUpdated`` without a next fire time
     closed: _aps.sqlstore:SQLStore._free_dead_claims and SQLStore._release_schedule_claims
             (freed claims are announced with their due time)
-    test:   test_sqlstore.py::test_schedules_claimed_by_a_process_that_is_gone_are_freed_at_once
+    test:   test_sqlstore.py::
+            test_schedules_claimed_by_a_process_that_is_gone_are_freed_within_a_grace
 a decorator runs before its module binds the name ("importable by name" only at start)
     closed: _reconcile:check_storable with ``resolve=True``, called by
             _backend:SQLBackend.install_all

@@ -12,6 +12,7 @@ from uuid import UUID
 
 import anyio
 import attrs
+import tenacity
 from apscheduler import (
     CoalescePolicy,
     ConflictPolicy,
@@ -40,8 +41,10 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
@@ -69,6 +72,18 @@ OUTSIDE_POLL = 1.0
 """SQLite: seconds between two looks for what another process changed in the file (the
 ``task-scheduler`` command resumed a schedule, or queued a run-now): SQLite has no events
 between processes. One small query a second; PostgreSQL hears them by NOTIFY instead."""
+HOLDER_GRACE = 3.0
+"""Seconds a holder's liveness lock must be seen missing, sweep after sweep, before its peers
+take it for gone (PostgreSQL). A live process whose session was cut (a blip, a restarted
+server) takes its lock again within KEEP_INTERVAL of being able to connect."""
+KEEP_INTERVAL = 0.5
+"""Seconds between two looks at this process's own liveness session (no query: whether
+the driver saw it close)."""
+RENEW_INTERVAL = 1.0
+"""Seconds between two renewals of the leases of the jobs this process holds, while it holds
+any: an outage then leaves them most of a lease (the engine renews every half lease only,
+and peers sweep a job whose lease ends within SWEEP_MARGIN)."""
+assert KEEP_INTERVAL + SWEEP_INTERVAL < HOLDER_GRACE < LEASE_DURATION - SWEEP_MARGIN
 FIRED_TABLE = "task_scheduler_fired"
 """Ledger of enqueued fires, (schedule id, fire time): a fire is enqueued at most once."""
 
@@ -79,6 +94,22 @@ _HOLDER_GONE = text(
     " AND lock.objid = CAST(hashtext(acquired_by)::bigint & 4294967295 AS oid))"
 ).bindparams(lock_class=LIVENESS_LOCK_CLASS)
 """SQL: the process named in the row's ``acquired_by`` no longer holds its liveness lock."""
+
+
+def _disconnected(exc: BaseException) -> bool:
+    """The store could not be reached, or the connection was cut: worth trying again."""
+    if isinstance(exc, (OSError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+async def _closed(conn: AsyncConnection) -> bool:
+    """Whether the driver saw the session's socket close (asyncpg), without a query."""
+    if conn.closed or conn.invalidated:
+        return True
+    raw = (await conn.get_raw_connection()).driver_connection
+    is_closed = getattr(raw, "is_closed", None)
+    return bool(is_closed()) if is_closed is not None else False
 
 
 class RunNotices(Protocol):
@@ -128,6 +159,10 @@ class SQLStore(SQLAlchemyDataStore):
     """Schedules of the batch in hand that had a fire enqueued: the rest is their backlog."""
     _coalescing: set[str] = attrs.field(init=False, factory=set)
     """Schedules of the batch in hand that coalesce (coalesce=True)."""
+    _missing: dict[str, float] = attrs.field(init=False, factory=dict)
+    """Holders whose liveness lock the sweeps found missing, and since when (anyio time)."""
+    _unreleased: dict[UUID, tuple[Job, JobResult]] = attrs.field(init=False, factory=dict)
+    """Runs that ended here but whose release could not be written (the store was away)."""
 
     # -- the ledger of enqueued fires ------------------------------------------------
 
@@ -257,7 +292,11 @@ class SQLStore(SQLAlchemyDataStore):
         self, exit_stack: AsyncExitStack, event_broker: EventBroker, logger: logging.Logger
     ) -> None:
         await self._start_base(exit_stack, event_broker, logger)
-        exit_stack.push_async_callback(self._drop_liveness)
+        if self._engine.dialect.name == "postgresql" and isinstance(self._engine, AsyncEngine):
+            # On trio (ThreadedSQLStore) the lock's session is a thread's: not re-taken yet.
+            keeper = await exit_stack.enter_async_context(anyio.create_task_group())
+            keeper.start_soon(self._keep_liveness, name="task_scheduler liveness")
+            exit_stack.callback(keeper.cancel_scope.cancel)
         if self._engine.dialect.name == "sqlite":
             await self._recount_running()
         await self._drop_superseded_fires()
@@ -327,11 +366,110 @@ class SQLStore(SQLAlchemyDataStore):
         self._liveness = conn
 
     async def _drop_liveness(self) -> None:
-        self._identity = None  # a restarted engine announces itself again
+        """When the store closes (not when the engine restarts: see _keep_liveness)."""
+        self._identity = None
         conn, self._liveness = self._liveness, None
         if conn is not None:
             with anyio.CancelScope(shield=True):
                 await conn.invalidate()  # closes the session, and with it the lock
+
+    # -- connection blips (PostgreSQL): a live process is never taken for dead ---------
+    #
+    # A session cut for a moment (pg_terminate_backend, a restarted server, a network
+    # blip) took this process's liveness lock with it, and peers recorded its runs
+    # ``abandoned`` at their next sweep - runs that went on to finish, or that never
+    # started; with retries they ran twice. Its own sweep did the same to the jobs its
+    # previous engine (same identity) had acquired, and a statement that failed on a cut
+    # connection crashed the engine, cancelling every run in progress. So: the lock is
+    # held for the store's life (not the engine's) and taken again as soon as its session
+    # is seen closed (_keep_liveness); peers take a holder for gone only once its lock has
+    # been missing for HOLDER_GRACE (_gone_holders), or its lease has run out; a cut
+    # connection is retried like a refused one (_retry); and the engine's own leftovers are
+    # settled by this process (reap_abandoned_jobs), never recorded ``abandoned``.
+
+    def _retry(self) -> tenacity.AsyncRetrying:
+        """4.0.0a6 retries OSError and InterfaceError, not a connection cut mid-statement."""
+        return super()._retry().copy(retry=tenacity.retry_if_exception(_disconnected))
+
+    async def _keep_liveness(self) -> None:
+        """Take this process's liveness lock again when its session was cut (no query: the
+        driver knows its socket closed); again and again while the store is away. Renew
+        the leases of the jobs in hand every RENEW_INTERVAL."""
+        cut = False
+        next_renewal = 0.0
+        while True:
+            await anyio.sleep(KEEP_INTERVAL)
+            identity, conn = self._identity, self._liveness
+            if identity is None:
+                continue
+            if conn is None or await _closed(conn):
+                if not cut:
+                    cut = True
+                    logger.warning("the session holding %r's liveness lock was cut", identity)
+                self._liveness = None
+                if conn is not None:
+                    with anyio.CancelScope(shield=True):
+                        await conn.invalidate()
+                try:
+                    await self._announce(identity)
+                except Exception as exc:
+                    if not _disconnected(exc):
+                        logger.warning("could not take %r's liveness lock: %r", identity, exc)
+                    continue  # the store is still away: try at the next look
+                cut = False
+                next_renewal = 0.0  # back: renew at once, before peers sweep
+                logger.warning("liveness lock of %r taken again", identity)
+            if self._mine and anyio.current_time() >= next_renewal:
+                next_renewal = anyio.current_time() + RENEW_INTERVAL
+                try:
+                    await self._renew(identity)
+                except Exception as exc:
+                    if not _disconnected(exc):
+                        logger.warning("could not renew the leases of jobs in hand: %r", exc)
+
+    async def _renew(self, identity: str) -> None:
+        jobs = self._t_jobs
+        until = datetime.now(timezone.utc) + timedelta(seconds=LEASE_DURATION)
+        async with self._begin_transaction() as conn:
+            await self._execute(
+                conn,
+                jobs.update()
+                .where(jobs.c.id.in_(list(self._mine)), jobs.c.acquired_by == identity)
+                .values(acquired_until=until),
+            )
+
+    async def _gone_holders(self) -> set[str]:
+        """Holders of jobs or schedule claims whose liveness lock has been missing at every
+        sweep for HOLDER_GRACE seconds: gone. One look is not enough (see above)."""
+        jobs, schedules = self._t_jobs, self._t_schedules
+        query = union(
+            select(jobs.c.acquired_by).where(jobs.c.acquired_by.is_not(None), _HOLDER_GONE),
+            select(schedules.c.acquired_by).where(
+                schedules.c.acquired_by.is_not(None), _HOLDER_GONE
+            ),
+        )
+        async with self._begin_transaction() as conn:
+            missing = {row[0] for row in (await self._execute(conn, query)).all()}
+        missing.discard(self._identity)  # this process is alive; _keep_liveness re-locks
+        now = anyio.current_time()
+        self._missing = {holder: self._missing.get(holder, now) for holder in missing}
+        return {holder for holder, since in self._missing.items() if now - since >= HOLDER_GRACE}
+
+    async def reap_abandoned_jobs(self, scheduler_id: str) -> None:
+        """At each start of the engine's job loop: settle the jobs its previous run (same
+        identity) left acquired, none of which runs any more.
+
+        4.0.0a6 releases them all as ``abandoned``: a job that never started was lost, and a
+        run that ended while the store was away - whose release could not be written - was
+        recorded as never finished. Such a release is written now, with its real outcome;
+        the other jobs never started, and go back to the queue.
+        """
+        for job_id, (job, result) in list(self._unreleased.items()):
+            await super().release_job(scheduler_id, job, result)
+            del self._unreleased[job_id]
+        requeued = await self._requeue(scheduler_id)
+        if requeued:
+            logger.info("%d job(s) acquired before the engine restarted are queued again", requeued)
 
     def stop_taking_jobs(self) -> None:
         """Acquire no more jobs: this process is draining, and would only cancel them.
@@ -356,6 +494,10 @@ class SQLStore(SQLAlchemyDataStore):
     async def release_job(self, scheduler_id: str, job: Job, result: JobResult) -> None:
         try:
             await super().release_job(scheduler_id, job, result)
+        except Exception as exc:
+            if _disconnected(exc):
+                self._unreleased[job.id] = (job, result)  # see reap_abandoned_jobs
+            raise
         finally:
             self._mine.discard(job.id)
 
@@ -406,25 +548,25 @@ class SQLStore(SQLAlchemyDataStore):
         self._next_sweep = 0.0
         await self._sweep()
         await super().cleanup()
-        await self._prune_fired()
+        async for attempt in self._retry():
+            with attempt:
+                await self._prune_fired()
 
     async def _sweep(self) -> None:
         """At most once per SWEEP_INTERVAL: free what dead processes held."""
         if anyio.current_time() < self._next_sweep:
             return
         self._next_sweep = anyio.current_time() + SWEEP_INTERVAL
-        await self._sweep_abandoned_jobs()
-        if self._engine.dialect.name == "postgresql":
-            await self._free_dead_claims()
+        async for attempt in self._retry():  # a blip: see _disconnected
+            with attempt:
+                gone: set[str] = set()
+                if self._engine.dialect.name == "postgresql":
+                    gone = await self._gone_holders()
+                await self._sweep_abandoned_jobs(gone)
+                if gone:
+                    await self._free_dead_claims(gone)
 
-    def _holder_gone(self, table: Table, horizon: datetime) -> Any:
-        """SQL: the row is held by a process that is gone (or whose lease runs out)."""
-        expired = table.c.acquired_until < horizon
-        if self._engine.dialect.name != "postgresql":
-            return expired
-        return or_(expired, _HOLDER_GONE)
-
-    async def _free_dead_claims(self) -> None:
+    async def _free_dead_claims(self, gone: set[str]) -> None:
         """Give back the schedules claimed by processes that are gone, and wake peers.
 
         4.0.0a6 waits for the claim to run out (a lease). The ledger keeps a fire the dead
@@ -435,7 +577,7 @@ class SQLStore(SQLAlchemyDataStore):
             freed = await self._execute(
                 conn,
                 table.update()
-                .where(table.c.acquired_by.is_not(None), _HOLDER_GONE)
+                .where(table.c.acquired_by.in_(gone))
                 .values(acquired_by=None, acquired_until=None)
                 .returning(table.c.id, table.c.task_id, table.c.next_fire_time),
             )
@@ -449,16 +591,16 @@ class SQLStore(SQLAlchemyDataStore):
                 )
             )
 
-    async def _sweep_abandoned_jobs(self) -> None:
+    async def _sweep_abandoned_jobs(self, gone: set[str]) -> None:
         """Release the jobs of dead processes as ``abandoned``, once each, before anyone
         re-acquires them.
 
         4.0.0a6 lets another process re-acquire a job whose lease expired and run it again
         (a duplicate), and never gives back the dead holder's running slot (upstream #1110,
-        see docs/apscheduler-4.0.0a6.md). A holder is gone when its liveness lock is
-        (PostgreSQL), or when it did not renew the lease: live holders renew every half
-        lease, so a job whose lease ends
-        within SWEEP_MARGIN was not renewed. The sweep deletes it with a condition on its
+        see docs/apscheduler-4.0.0a6.md). A holder is gone when its liveness lock has been
+        missing for HOLDER_GRACE (PostgreSQL: ``gone``), or when it did not renew the lease:
+        live holders renew every half lease (every second on PostgreSQL), so a job whose
+        lease ends within SWEEP_MARGIN was not renewed. The sweep deletes it with a condition on its
         holder, so exactly one process records it, and gives the slot back.
 
         Upstream #1116: a process whose event loop was blocked past the lease re-acquired its
@@ -468,12 +610,13 @@ class SQLStore(SQLAlchemyDataStore):
         jobs_table = self._t_jobs
         now = datetime.now(timezone.utc)
         horizon = now + timedelta(seconds=SWEEP_MARGIN)
+        left = jobs_table.c.acquired_until < horizon
         async with self._begin_transaction() as conn:
             expired = await self._execute(
                 conn,
                 jobs_table.select().where(
                     jobs_table.c.acquired_by.is_not(None),
-                    self._holder_gone(jobs_table, horizon),
+                    or_(left, jobs_table.c.acquired_by.in_(gone)) if gone else left,
                 ),
             )
             jobs: list[Job] = await self._deserialize_jobs(expired)
@@ -485,8 +628,8 @@ class SQLStore(SQLAlchemyDataStore):
                 str(self._identity), ours, timedelta(seconds=LEASE_DURATION)
             )
         for job in jobs:
-            if job.id in ours:
-                continue
+            if job.acquired_by == self._identity:
+                continue  # renewed, or left by this process's previous engine: reaped there
             async with self._begin_transaction() as conn:
                 deleted = await self._execute(
                     conn,
@@ -533,8 +676,15 @@ class SQLStore(SQLAlchemyDataStore):
             table.c.next_fire_time.is_not(None),
             table.c.paused == false(),
         )
-        async with self._begin_transaction() as conn:
-            claim_ends = (await self._execute(conn, query)).scalar()
+        async for attempt in self._retry():
+            with attempt:
+                async with self._begin_transaction() as conn:
+                    claim_ends = (await self._execute(conn, query)).scalar()
+        if self._missing:
+            # A holder whose lock is missing: look again once its grace is over.
+            since = min(self._missing.values()) + HOLDER_GRACE - anyio.current_time()
+            confirm = datetime.now(timezone.utc) + timedelta(seconds=max(since, 0.0))
+            claim_ends = confirm if claim_ends is None else min(claim_ends, confirm)
         if claim_ends is None:
             return wake
         soon = datetime.now(timezone.utc) + timedelta(seconds=SWEEP_INTERVAL)
@@ -696,6 +846,10 @@ class SQLStore(SQLAlchemyDataStore):
         started: they held their tasks' running slots until swept, and then counted as
         ``abandoned``. They go back to the queue for the others. Peers are woken by events.
         """
+        return await self._requeue(scheduler_id) + await self._release_schedule_claims(scheduler_id)
+
+    async def _requeue(self, scheduler_id: str) -> int:
+        """Jobs ``scheduler_id`` acquired and never started go back to the queue."""
         jobs_table = self._t_jobs
         async with self._begin_transaction() as conn:
             unstarted = await self._execute(
@@ -713,7 +867,7 @@ class SQLStore(SQLAlchemyDataStore):
             await self._event_broker.publish(
                 JobAdded(job_id=row.id, task_id=row.task_id, schedule_id=row.schedule_id)
             )
-        return len(returned) + await self._release_schedule_claims(scheduler_id)
+        return len(returned)
 
     async def _release_schedule_claims(self, scheduler_id: str) -> int:
         table = self._t_schedules

@@ -119,6 +119,8 @@ async def open_sql_store(
     data_store = SQLStore(
         engine, schema=store.schema, serializer=SafeJSONSerializer(), notices=notices
     )
+    # Its liveness lock outlives engine restarts (SQLStore._keep_liveness): dropped here.
+    exit_stack.push_async_callback(data_store._drop_liveness)
     event_broker: EventBroker
     if broker_url:
         event_broker = await _redis_broker(broker_url, connect_timeout)
@@ -307,6 +309,7 @@ async def _open_sql_store_on_threads(
     data_store = ThreadedSQLStore(
         engine, schema=store.schema, serializer=SafeJSONSerializer(), notices=notices
     )
+    exit_stack.push_async_callback(data_store._drop_liveness)  # as on asyncio: at close
     if store.kind != "postgresql":
         return data_store, LocalEventBroker()  # SQLite: one process only
     from .wakeups import open_wakeups
