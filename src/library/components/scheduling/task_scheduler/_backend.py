@@ -107,6 +107,9 @@ class Backend(Protocol):
     ) -> dict[str, Schedule]:
         """The engine's schedules (of ``ids``), by job id."""
 
+    def unloadable(self) -> dict[str, str]:
+        """Job ids with a row in the store this process cannot load, and why."""
+
     def stop_taking_jobs(self) -> None:
         """Draining: fires still coming due go to other processes, or wait for a restart."""
 
@@ -296,6 +299,9 @@ class MemoryBackend(_EngineBackend):
 
     async def _remove(self, engine: AsyncScheduler, job_id: str) -> None:
         await engine.remove_schedule(job_id)  # jobs share one task: it stays
+
+    def unloadable(self) -> dict[str, str]:
+        return {}  # nothing is ever loaded from outside this process
 
     # One process: nothing to leave to others or to give back at a stop.
     def stop_taking_jobs(self) -> None:
@@ -489,6 +495,9 @@ class SQLBackend(_EngineBackend):
         if self._history is None or self.recorder is None:
             return None
         return ClusterHistory(self._history, self.recorder, self._tz)
+
+    def unloadable(self) -> dict[str, str]:
+        return {} if self._data_store is None else dict(self._data_store.unloadable)
 
     def stop_taking_jobs(self) -> None:
         # A shared store's fires go to the other processes (or wait for the next start)

@@ -125,6 +125,13 @@ class SchedulerStatus(BaseModel):
         description="Jobs with max_staleness whose last success on any worker (or this "
         "worker's start) is older.",
     )
+    unloadable_jobs: list[str] = Field(
+        default_factory=list,
+        description="Jobs with a row in the store (a schedule, or a queued fire) that this "
+        "worker cannot load - corrupted, written by hand or by an older release: they do not "
+        "run, every other job does. Each is logged once at ERROR with the reason, and left in "
+        "the store; remove_job() removes it.",
+    )
     worker_id: str | None = Field(None, description="This worker's (process's) id.")
     loop_lag: float = Field(
         0.0,

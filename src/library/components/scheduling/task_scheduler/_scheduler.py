@@ -354,8 +354,12 @@ class TaskScheduler:
 
     async def remove_job(self, job_id: str) -> None:
         """Remove the job; a run in progress is allowed to finish."""
-        self._registry[job_id]
         engine = self._lifecycle.live_engine
+        if job_id not in self._registry and job_id in self._backend.unloadable():
+            if engine is not None:  # a row of the store that cannot be loaded: not registered
+                await self._backend.remove(engine, job_id)
+            return
+        self._registry[job_id]
         if engine is not None:
             await self._backend.remove(engine, job_id)
         self._registry.remove(job_id)
@@ -581,6 +585,7 @@ class TaskScheduler:
             job_count=len(self._registry),
             runs_in_progress=self._executor.in_progress,
             stale_jobs=await self._stale_jobs(history),
+            unloadable_jobs=sorted(self._backend.unloadable()),
             worker_id=self._worker.id,
             loop_lag=round(lifecycle.loop_lag, 3),
             workers=len(await history.workers()),

@@ -213,6 +213,30 @@ running counts left in the file that throttled every later start
     tests:  test_sqlite_one_process.py::test_a_second_process_on_one_sqlite_file_is_refused
             test_sqlite_one_process.py::
             test_running_counts_left_in_the_file_are_repaired_at_start
+a row it cannot load (corrupted, written by hand or by an older release) stops the engine:
+``_deserialize_schedules``/``_deserialize_jobs`` catch only SerializationError (not
+DeserializationError, nor a date's ValueError), so one bad schedule failed every
+``get_schedules()`` - start()'s reconcile - and a dead process's bad run failed the sweep;
+``acquire_jobs`` crashed on a fire row's ValueError (year 0) and silently deleted one it
+could not deserialize
+    closed: _aps.sqlstore:SQLStore._deserialize_schedules and SQLStore._deserialize_jobs
+            (skipped, logged once, listed in ``SQLStore.unloadable``);
+            SQLStore.acquire_jobs and SQLStore._release_job, through SQLStore._park_job (a
+            queued fire is parked, never deleted, and tried again at the next start; a
+            dead process's run is released at once); SQLStore.remove_task (``remove_job``
+            removes them); reported as ``unloadable_jobs`` by
+            _scheduler:TaskScheduler.get_status
+    tests:  test_bad_rows.py::test_a_schedule_row_that_cannot_load_is_reported_and_skipped
+            test_bad_rows.py::
+            test_a_queued_fire_that_cannot_load_is_reported_and_left_in_the_store
+            test_bad_rows.py::
+            test_a_queued_fire_with_a_fire_time_out_of_range_does_not_crash_the_engine
+            test_bad_rows.py::
+            test_a_next_fire_time_past_year_9999_does_not_stall_the_other_schedules
+            test_bad_rows.py::
+            test_a_run_of_a_dead_process_that_cannot_load_does_not_crash_the_sweep
+    not closed: on PostgreSQL, a timestamp outside years 1..9999 (only SQL can write one)
+            fails in asyncpg for every query that reads its row
 ``_begin_transaction`` shields the whole transaction: with a server that stops answering on
 open connections, every store call (the management API's too) hung for good
     closed: _aps.leases:STATEMENT_TIMEOUT, set by _aps.stores:open_sql_store (asyncpg's

@@ -16,6 +16,7 @@ import tenacity
 from apscheduler import (
     CoalescePolicy,
     ConflictPolicy,
+    DeserializationError,
     Job,
     JobAdded,
     JobOutcome,
@@ -68,6 +69,12 @@ the second key is ``hashtext(identity)``. A killed process's session, and its lo
 once: peers free what it held within a sweep, not a lease."""
 LIVENESS_LOCK_SQL = text("SELECT pg_advisory_lock(:lock_class, hashtext(:identity))")
 """SQL: take this process's liveness lock (held by its session until the session ends)."""
+PARKED = datetime(9999, 1, 1, tzinfo=timezone.utc)
+"""``acquired_until`` of a queued job row this store cannot load: past the lease of
+anyone, so no process acquires it (nor sweeps it: ``acquired_by`` stays NULL); every
+start puts it back in the queue, to be tried once more."""
+_ROW_ERRORS = (DeserializationError, ValueError, OverflowError, TypeError, LookupError)
+"""What a row the driver or the engine cannot turn into a Python value raises."""
 OUTSIDE_POLL = 1.0
 """SQLite: seconds between two looks for what another process changed in the file (the
 ``task-scheduler`` command resumed a schedule, or queued a run-now): SQLite has no events
@@ -163,6 +170,10 @@ class SQLStore(SQLAlchemyDataStore):
     """Holders whose liveness lock the sweeps found missing, and since when (anyio time)."""
     _unreleased: dict[UUID, tuple[Job, JobResult]] = attrs.field(init=False, factory=dict)
     """Runs that ended here but whose release could not be written (the store was away)."""
+    unloadable: dict[str, str] = attrs.field(init=False, factory=dict)
+    """Job ids with a schedule or queued fire row this store cannot load, and why."""
+    _reported: set[str] = attrs.field(init=False, factory=set)
+    """Rows (schedule ids, fire uuids) already logged as unloadable: each once."""
 
     # -- the ledger of enqueued fires ------------------------------------------------
 
@@ -286,6 +297,132 @@ class SQLStore(SQLAlchemyDataStore):
         async with self._begin_transaction() as conn:
             await self._execute(conn, fired.delete().where(~exists(pending)))
 
+    # -- rows this store cannot load -------------------------------------------------
+
+    def _unloadable_row(
+        self, row_id: object, job_id: str, exc: BaseException, *, kept: bool = True
+    ) -> None:
+        """Log a row that cannot be loaded once (at ERROR, with its job id and the reason)
+        and, while it stays in the store (``kept``), report its job in status."""
+        reason = _reason(exc)
+        if kept:
+            self.unloadable[job_id] = reason
+        else:
+            self.unloadable.pop(job_id, None)
+        if str(row_id) in self._reported:
+            return
+        self._reported.add(str(row_id))
+        if row_id == job_id:
+            what, done = "schedule", f"skipped (fix it, or remove_job({job_id!r}))"
+        elif kept:
+            what, done = f"fire {row_id}", f"skipped (fix it, or remove_job({job_id!r}))"
+        else:
+            what, done = f"run {row_id} of a process that is gone", "released"
+        logger.error(
+            "job %r: its %s in the store cannot be loaded, %s: %s", job_id, what, done, reason
+        )
+
+    async def _deserialize_schedules(self, result: Any) -> list[Schedule]:
+        # 4.0.0a6 catches only SerializationError, which DeserializationError is not, nor
+        # the ValueError of a date out of range: one bad schedule row made every
+        # get_schedules() - start()'s reconcile too - and every acquire fail, for good.
+        schedules: list[Schedule] = []
+        for row in result:
+            try:
+                marshalled = self._convert_incoming_fire_times(row._asdict())
+                schedules.append(Schedule.unmarshal(self.serializer, marshalled))
+            except Exception as exc:
+                self._unloadable_row(row.id, row.id, exc)
+        return schedules
+
+    async def _deserialize_jobs(self, result: Any) -> list[Job]:
+        # As _deserialize_schedules, for the fire rows get_jobs() and the sweep read.
+        jobs: list[Job] = []
+        for row in result:
+            try:
+                jobs.append(Job.unmarshal(self.serializer, row._asdict()))
+            except Exception as exc:
+                self._unloadable_row(row.id, row.task_id, exc)
+        return jobs
+
+    async def _park_unloadable_jobs(self) -> int:
+        """Find the fire rows acquire_jobs reads that cannot be loaded, one by one, and set
+        them aside (only after acquire_jobs failed: nothing is added to a healthy acquire).
+        How many."""
+        jobs_table = self._t_jobs
+        now = datetime.now(timezone.utc)
+        takeable = select(jobs_table.c.id, jobs_table.c.task_id).where(
+            or_(jobs_table.c.acquired_until.is_(None), jobs_table.c.acquired_until < now)
+        )
+        async with self._begin_transaction() as conn:
+            candidates = (await self._execute(conn, takeable)).all()
+        parked = 0
+        for candidate in candidates:
+            async with self._begin_transaction() as conn:
+                one = jobs_table.select().where(jobs_table.c.id == candidate.id)
+                try:
+                    row = (await self._execute(conn, one)).first()
+                    if row is None:
+                        continue
+                    Job.unmarshal(self.serializer, row._asdict())
+                except _ROW_ERRORS as exc:
+                    await self._park_job(conn, candidate.id, candidate.task_id, exc)
+                    parked += 1
+        return parked
+
+    async def _park_job(
+        self, conn: Any, job_id: UUID, task_id: str, exc: BaseException | None
+    ) -> None:
+        """Set aside a fire row that cannot be loaded: a queued one is parked, kept and
+        reported; one held by a process that is gone (acquire_jobs takes it once its lease
+        ran out) is released, as cleanup() releases that process's runs."""
+        jobs_table = self._t_jobs
+        exc = exc or DeserializationError("no reason given")
+        parked = await self._execute(
+            conn,
+            jobs_table.update()
+            .where(jobs_table.c.id == job_id, jobs_table.c.acquired_by.is_(None))
+            .values(acquired_until=PARKED)
+            .returning(jobs_table.c.id),
+        )
+        if parked.first() is not None:
+            self._unloadable_row(job_id, task_id, exc)
+            return
+        released = await self._execute(
+            conn,
+            jobs_table.delete()
+            .where(jobs_table.c.id == job_id, jobs_table.c.acquired_by.is_not(None))
+            .returning(jobs_table.c.id),
+        )
+        if released.first() is not None:
+            await self._give_back_slot(conn, task_id)
+            self._unloadable_row(job_id, task_id, exc, kept=False)
+
+    async def _unpark_jobs(self) -> None:
+        """At start: parked fire rows are tried again (a new release may load them)."""
+        jobs_table = self._t_jobs
+        async with self._begin_transaction() as conn:
+            await self._execute(
+                conn,
+                jobs_table.update()
+                .where(jobs_table.c.acquired_by.is_(None), jobs_table.c.acquired_until >= PARKED)
+                .values(acquired_until=None),
+            )
+
+    async def remove_task(self, task_id: str) -> None:
+        """Also remove the task's fires not taken by anyone (parked ones too): without their
+        task nobody ever takes them, and remove_job() cleans up what cannot load."""
+        jobs_table = self._t_jobs
+        async with self._begin_transaction() as conn:
+            await self._execute(
+                conn,
+                jobs_table.delete().where(
+                    jobs_table.c.task_id == task_id, jobs_table.c.acquired_by.is_(None)
+                ),
+            )
+        self.unloadable.pop(task_id, None)
+        await super().remove_task(task_id)
+
     # -- jobs: acquiring, releasing, and the ones dead processes left ----------------
 
     async def start(
@@ -300,6 +437,7 @@ class SQLStore(SQLAlchemyDataStore):
         if self._engine.dialect.name == "sqlite":
             await self._recount_running()
         await self._drop_superseded_fires()
+        await self._unpark_jobs()
 
     async def _start_base(
         self, exit_stack: AsyncExitStack, event_broker: EventBroker, logger: logging.Logger
@@ -487,7 +625,15 @@ class SQLStore(SQLAlchemyDataStore):
         if self._identity is None:
             await self._announce(scheduler_id)
         await self._sweep()
-        jobs: list[Job] = await super().acquire_jobs(scheduler_id, lease_duration, limit)
+        try:
+            jobs: list[Job] = await super().acquire_jobs(scheduler_id, lease_duration, limit)
+        except _ROW_ERRORS:
+            # 4.0.0a6 catches only DeserializationError around Job.unmarshal: a fire row with,
+            # e.g., a year-1 scheduled_fire_time (ValueError) crashed the job loop at every
+            # start, for good. Park the rows that cannot load, then take the others.
+            if not await self._park_unloadable_jobs():
+                raise
+            jobs = await super().acquire_jobs(scheduler_id, lease_duration, limit)
         self._mine.update(job.id for job in jobs)
         return jobs
 
@@ -518,6 +664,13 @@ class SQLStore(SQLAlchemyDataStore):
         # back only when this release removed a job that held one (decrement_running_job_count,
         # the caller's guess, is not needed). Otherwise as 4.0.0a6's.
         jobs_table = self._t_jobs
+        if result.outcome is JobOutcome.deserialization_failed:
+            # 4.0.0a6 deletes a queued fire it cannot load, without a word: it is parked in
+            # the store instead, logged once, and reported in status (remove_job removes it).
+            await self._park_job(conn, result.job_id, task_id, result.exception)
+            return JobReleased.from_result(
+                result, scheduler_id, task_id, schedule_id, scheduled_fire_time
+            )
         if result.expires_at > result.finished_at:
             insert = self._t_job_results.insert().values(**result.marshal(self.serializer))
             await self._execute(conn, insert)
@@ -530,6 +683,8 @@ class SQLStore(SQLAlchemyDataStore):
         row = deleted.first()
         if row is not None and row.acquired_by is not None:
             await self._give_back_slot(conn, task_id)
+        if self._reported and row is not None and str(result.job_id) in self._reported:
+            self.unloadable.pop(task_id, None)  # a dead process's run that could not load
         return JobReleased.from_result(
             result, scheduler_id, task_id, schedule_id, scheduled_fire_time
         )
@@ -891,6 +1046,18 @@ class SQLStore(SQLAlchemyDataStore):
                 )
             )
         return len(ids)
+
+
+def _reason(exc: BaseException) -> str:
+    """The error and its causes (4.0.0a6's DeserializationError has an empty message)."""
+    parts: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(parts) < 3:
+        part = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+        if part not in parts:
+            parts.append(part)
+        cause = cause.__cause__
+    return " <- ".join(parts)
 
 
 async def ensure_schema(engine: AsyncEngine, schema: str) -> None:
