@@ -23,6 +23,14 @@ from library.components.scheduling.task_scheduler import SchedulerConfig, TaskSc
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio: the tests write the bad rows with aiosqlite and asyncpg. The store code
+    under test (SQLStore's row handling) is the same on trio (ThreadedSQLStore)."""
+    return "asyncio"
+
+
 CALLS: list[str] = []
 
 

@@ -29,6 +29,14 @@ from library.components.scheduling.task_scheduler.testing import wait_for_runs
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio: on trio (psycopg sessions in threads) a cut liveness session is not taken
+    again yet - a known limit, in README "Running several workers"."""
+    return "asyncio"
+
+
 SETTLE = 8.0
 """Seconds after a blip by which any peer would have taken the victim for gone (a grace of
 3 s and a few sweeps), with room for a busy machine."""

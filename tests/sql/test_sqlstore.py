@@ -386,6 +386,7 @@ async def liveness_pids(pg_url: str, identity: str) -> list[int]:
         await conn.close()
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio: not yet (README)
 async def test_a_cut_liveness_session_is_taken_again_at_once(pg_url: str) -> None:
     """Its lock went with the session (pg_terminate_backend, a restarted server) and was
     taken again only when the engine restarted - if it did: peers took the process for dead."""
@@ -403,6 +404,7 @@ async def test_a_cut_liveness_session_is_taken_again_at_once(pg_url: str) -> Non
                 await anyio.sleep(0.1)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio: not yet (README)
 async def test_leases_of_jobs_in_hand_are_renewed_every_second(pg_url: str) -> None:
     """The engine renews them every half lease (5 s): a store away for 3 s could leave one
     within SWEEP_MARGIN of its end when it came back, and a peer swept a live run."""
