@@ -52,7 +52,11 @@ def check_once(runs: list[dict[str, Any]], first: datetime, last: datetime) -> N
     """No fire ran twice, and every job ran >= 90 % of its fires in [first, last]."""
     done = [(r["job_id"], r["scheduled_at"]) for r in runs if r["outcome"] == "success"]
     duplicated = [fire for fire, n in Counter(done).items() if n > 1]
-    assert duplicated == []
+    assert duplicated == [], [
+        (r["job_id"], r["scheduled_at"], r["run_id"], r["worker"], r["started_at"])
+        for r in runs
+        if (r["job_id"], r["scheduled_at"]) in duplicated
+    ]
     expected = int((last - first).total_seconds())
     per_job = Counter(job_id for job_id, at in done if first <= datetime.fromisoformat(at) <= last)
     for index in range(JOBS):

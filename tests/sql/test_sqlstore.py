@@ -461,6 +461,28 @@ async def test_release_claims_gives_back_unstarted_jobs_and_schedules(url: str) 
         assert len(await acquire(store, "next")) == 1, "another process can run it"
 
 
+async def test_a_run_whose_release_was_cancelled_is_released_at_stop_not_run_again(
+    url: str,
+) -> None:
+    """The engine stopped while a run that had just ended waited to write its release (on
+    trio, for one of the store's transaction slots: long under load): the stop gave its job
+    back to the queue as never started, and a peer ran the fire a second time."""
+    async with open_store(url) as store:
+        await add_task(store)
+        await store.add_job(attrs.evolve(fire(), result_expiration_time=timedelta(minutes=5)))
+        [job] = await acquire(store, "me")
+        result = JobResult.from_job(job, JobOutcome.success, finished_at=now())
+        with anyio.CancelScope() as stop:
+            stop.cancel()  # the engine's stop, before the release is written
+            await store.release_job("me", job, result)
+        assert await store.release_claims("me") == 0, "nothing left that never started"
+        assert await acquire(store, "peer") == [], "the fire is not run again"
+        assert await store.get_jobs() == []
+        found = await store.get_job_result(job.id)
+        assert found is not None and found.outcome is JobOutcome.success
+        assert await running_jobs(store) == 0
+
+
 # ---------------------------------------------------------------- through the scheduler
 
 RUNS: list[tuple[str, float]] = []

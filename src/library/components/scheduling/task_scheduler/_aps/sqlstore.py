@@ -35,6 +35,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Unicode,
+    and_,
     exists,
     false,
     func,
@@ -91,6 +92,9 @@ RENEW_INTERVAL = 1.0
 any: an outage then leaves them most of a lease (the engine renews every half lease only,
 and peers sweep a job whose lease ends within SWEEP_MARGIN)."""
 assert KEEP_INTERVAL + SWEEP_INTERVAL < HOLDER_GRACE < LEASE_DURATION - SWEEP_MARGIN
+RELEASE_WAIT = 2.0
+"""Seconds :meth:`SQLStore.release_claims` waits for the releases being written when the
+engine stopped (each is one short transaction), before it writes those that were cancelled."""
 FIRED_TABLE = "task_scheduler_fired"
 """Ledger of enqueued fires, (schedule id, fire time): a fire is enqueued at most once."""
 
@@ -169,7 +173,12 @@ class SQLStore(SQLAlchemyDataStore):
     _missing: dict[str, float] = attrs.field(init=False, factory=dict)
     """Holders whose liveness lock the sweeps found missing, and since when (anyio time)."""
     _unreleased: dict[UUID, tuple[Job, JobResult]] = attrs.field(init=False, factory=dict)
-    """Runs that ended here but whose release could not be written (the store was away)."""
+    """Runs that ended here and whose release is not written yet: being written, or it could
+    not be (the store was away, or the release was cancelled by the engine's stop)."""
+    _releasing: set[UUID] = attrs.field(init=False, factory=set)
+    """Jobs whose release is being written now."""
+    _releases_done: anyio.Event | None = attrs.field(init=False, default=None)
+    """Set when the last release being written ends (someone waits for it)."""
     unloadable: dict[str, str] = attrs.field(init=False, factory=dict)
     """Job ids with a schedule or queued fire row this store cannot load, and why."""
     _reported: set[str] = attrs.field(init=False, factory=set)
@@ -602,9 +611,7 @@ class SQLStore(SQLAlchemyDataStore):
         recorded as never finished. Such a release is written now, with its real outcome;
         the other jobs never started, and go back to the queue.
         """
-        for job_id, (job, result) in list(self._unreleased.items()):
-            await super().release_job(scheduler_id, job, result)
-            del self._unreleased[job_id]
+        await self._write_unreleased(scheduler_id)
         requeued = await self._requeue(scheduler_id)
         if requeued:
             logger.info("%d job(s) acquired before the engine restarted are queued again", requeued)
@@ -638,14 +645,57 @@ class SQLStore(SQLAlchemyDataStore):
         return jobs
 
     async def release_job(self, scheduler_id: str, job: Job, result: JobResult) -> None:
+        """4.0.0a6's, with the run owed (:attr:`_unreleased`) until its release is committed.
+
+        A release cancelled before it was written - the engine stopping (or restarting)
+        while a run that had just ended waited for a connection; on trio, for one of the
+        store's transaction slots, a wait that grows under load - left the job acquired,
+        and the stop's :meth:`release_claims` put it back in the queue as never started: a
+        peer ran the fire a second time. An owed release is written later instead
+        (:meth:`release_claims`, :meth:`reap_abandoned_jobs`), and its job never requeued.
+        """
+        self._unreleased[job.id] = (job, result)
+        self._releasing.add(job.id)
+        written = False
         try:
-            await super().release_job(scheduler_id, job, result)
+            async for attempt in self._retry():
+                with attempt:
+                    async with self._begin_transaction() as conn:
+                        event = await self._release_job(
+                            conn,
+                            result,
+                            scheduler_id,
+                            job.task_id,
+                            job.schedule_id,
+                            job.scheduled_fire_time,
+                        )
+                    written = True  # committed (no checkpoint since the shielded commit)
         except Exception as exc:
-            if _disconnected(exc):
-                self._unreleased[job.id] = (job, result)  # see reap_abandoned_jobs
+            if not _disconnected(exc):
+                self._unreleased.pop(job.id, None)  # as before: not written later
             raise
         finally:
+            if written:
+                self._unreleased.pop(job.id, None)
+            self._releasing.discard(job.id)
             self._mine.discard(job.id)
+            if not self._releasing and self._releases_done is not None:
+                self._releases_done.set()
+        await self._event_broker.publish(event)  # as 4.0.0a6: tell the other schedulers
+
+    async def _write_unreleased(self, scheduler_id: str) -> None:
+        """Write the owed releases of runs that ended here, with their real outcomes (after
+        waiting up to RELEASE_WAIT for those being written: the engine's stop cancels the
+        ones still waiting for a connection, and they end at once)."""
+        if self._releasing:
+            self._releases_done = anyio.Event()
+            with anyio.move_on_after(RELEASE_WAIT):
+                await self._releases_done.wait()
+            self._releases_done = None
+        for job_id, (job, result) in list(self._unreleased.items()):
+            if job_id not in self._releasing:
+                await super().release_job(scheduler_id, job, result)
+                del self._unreleased[job_id]
 
     async def _release_job(
         self,
@@ -1001,16 +1051,29 @@ class SQLStore(SQLAlchemyDataStore):
         started: they held their tasks' running slots until swept, and then counted as
         ``abandoned``. They go back to the queue for the others. Peers are woken by events.
         """
+        try:
+            await self._write_unreleased(scheduler_id)  # runs that ended: released, not requeued
+        except Exception as exc:
+            # Not requeued either (they ran): peers record them abandoned once this is gone.
+            logger.warning(
+                "could not write the release of %d run(s) that ended here: %r",
+                len(self._unreleased),
+                exc,
+            )
         return await self._requeue(scheduler_id) + await self._release_schedule_claims(scheduler_id)
 
     async def _requeue(self, scheduler_id: str) -> int:
-        """Jobs ``scheduler_id`` acquired and never started go back to the queue."""
+        """Jobs ``scheduler_id`` acquired and never started go back to the queue (never one
+        that ran here and whose release is still owed)."""
         jobs_table = self._t_jobs
+        held = jobs_table.c.acquired_by == scheduler_id
+        if self._unreleased:
+            held = and_(held, jobs_table.c.id.not_in(list(self._unreleased)))
         async with self._begin_transaction() as conn:
             unstarted = await self._execute(
                 conn,
                 jobs_table.update()
-                .where(jobs_table.c.acquired_by == scheduler_id)
+                .where(held)
                 .values(acquired_by=None, acquired_until=None)
                 .returning(jobs_table.c.id, jobs_table.c.task_id, jobs_table.c.schedule_id),
             )
