@@ -339,6 +339,9 @@ except KeyboardInterrupt:
     assert result.stdout.strip() == "interrupted"
     assert "task scheduler stopped" in result.stderr
     assert "ExceptionGroup" not in result.stderr
+    # The run is recorded cancelled, without a traceback: Ctrl-C is not the job's error.
+    assert "Traceback" not in result.stderr
+    assert "cancelled: interrupted (KeyboardInterrupt: Ctrl-C)" in result.stderr
 
 
 async def test_an_event_loop_blocked_by_a_job_is_noticed_and_named(

@@ -550,8 +550,11 @@ class TaskExecutor(JobExecutor):
             retry_in = self._retry_in(runtime, record)
             self._end(runtime, record, Outcome.error, exc, str(exc), None, retry_in)
             return retry_in
-        except BaseException as exc:  # KeyboardInterrupt (Ctrl-C): record, then propagate
-            self._end(runtime, record, Outcome.error, exc, str(exc))
+        except BaseException:  # KeyboardInterrupt (Ctrl-C; trio raises it in any task)
+            # Not the job's failure: the run was stopped while it ran. Recorded without a
+            # traceback (Ctrl-C is no error to report), then it stops the scheduler.
+            message = "interrupted (KeyboardInterrupt: Ctrl-C)"
+            self._end(runtime, record, Outcome.cancelled, None, message)
             raise
         self._end(runtime, record, Outcome.success, None, None)
         return None
