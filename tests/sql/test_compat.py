@@ -11,6 +11,15 @@ from workers.legacy_jobs import build
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio only: this file's store code runs the same on trio (ThreadedSQLStore shares
+    SQLStore's and the history's code; test_sqlstore.py and test_persistence.py run on both),
+    and the suite's time is kept down."""
+    return "asyncio"
+
+
 STORE_0_1_0 = Path(__file__).parent / "data" / "store-0.1.0.sqlite"
 
 

@@ -24,6 +24,14 @@ from library.components.scheduling.task_scheduler._reconcile import as_metadata,
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio only: this file's store code runs the same on trio (ThreadedSQLStore shares
+    SQLStore's and the history's code; test_sqlstore.py and test_persistence.py run on both),
+    and the suite's time is kept down."""
+    return "asyncio"
+
+
 def test_a_definition_full_of_none_is_stored_as_one_string() -> None:
     """4.0.0a6's metadata validator rejects any None nested in a dict (it tests only the
     outer value), and a job definition is full of them (timeout, misfire_grace_time...)."""

@@ -15,6 +15,15 @@ from library.components.scheduling.task_scheduler import Outcome, SchedulerConfi
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio only: this file's store code runs the same on trio (ThreadedSQLStore shares
+    SQLStore's and the history's code; test_sqlstore.py and test_persistence.py run on both),
+    and the suite's time is kept down."""
+    return "asyncio"
+
+
 EVENTS: list[str] = []
 
 
