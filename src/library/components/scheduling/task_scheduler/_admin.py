@@ -278,11 +278,16 @@ class StoreAdmin:
     async def wait(self, queued: QueuedRun, limit: float) -> RunProgress:
         """Follow a queued run until it is done, lost, or ``limit`` seconds have passed
         (then its progress as it is)."""
+        retries = (await self.job(queued.job_id)).retries
         progress = await self.progress(queued)
         gone_since: float | None = None
         with anyio.move_on_after(limit):
-            while not progress.done:
-                if not progress.queued and not progress.attempts:
+            while not self._final(progress, retries, gone_since):
+                if progress.done:
+                    # A failed attempt with retries left: the worker released the run after
+                    # its last attempt, whose row may not be written yet (batched, 0.2 s).
+                    gone_since = anyio.current_time() if gone_since is None else gone_since
+                elif not progress.queued and not progress.attempts:
                     # Taken and finished by a worker, and no attempt recorded yet: its
                     # runs are written within a fraction of a second, unless it had none.
                     now = anyio.current_time()
@@ -292,6 +297,17 @@ class StoreAdmin:
                 await anyio.sleep(POLL_INTERVAL)
                 progress = await self.progress(queued)
         return progress
+
+    @staticmethod
+    def _final(progress: RunProgress, retries: int, since: float | None) -> bool:
+        """Done, and its last attempt is the last to come (not a failure that is retried,
+        its last retry, or no newer attempt within UNRECORDED_GRACE)."""
+        last = progress.last
+        if not progress.done or last is None:
+            return False
+        if last.outcome not in (Outcome.error, Outcome.timed_out) or last.attempt > retries:
+            return True
+        return since is not None and anyio.current_time() - since > UNRECORDED_GRACE
 
     # -- runs, workers, status --------------------------------------------------------------
 
