@@ -300,7 +300,10 @@ async def test_a_job_added_by_another_process_runs_here_too(pg_url: str) -> None
     other_process = TaskScheduler(SchedulerConfig(store=pg_url))
     async with adder, other_process:
         await adder.add_interval_job(greet, "greet", seconds=0.1, args=["eve"])
-        await anyio.sleep(1.2)
+        # Until the cluster has ten successes (about 1 s; a busy machine may take longer).
+        with anyio.fail_after(20):
+            while (await adder.get_job("greet")).counts.success < 10:
+                await anyio.sleep(0.05)
     # Read once both have stopped: no run can start between the two reads and the count.
     here = await other_process.get_runs("greet")
     there = await adder.get_runs("greet")
