@@ -28,6 +28,9 @@ PACKAGE = "library.components.scheduling.task_scheduler"
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
 CHROMIUM = os.environ.get("TASK_SCHEDULER_CHROMIUM", DEBIAN_CHROMIUM)
 """The browser tests/browser drive (through Playwright, which the test extra installs)."""
+XDIST = ["-n", "2", "--dist", "loadgroup"]
+"""Two pytest-xdist workers, one per core here; tests/conftest.py keeps the tests that start
+processes or own a PostgreSQL cluster on one worker, one after another."""
 
 
 def ensure_chromium(session: nox.Session) -> None:
@@ -47,10 +50,10 @@ def ensure_chromium(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite, on asyncio and trio, browser tests included."""
+    """The whole test suite, on asyncio and trio, browser tests included, on two workers."""
     session.install("-e", ".[test]")
     ensure_chromium(session)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *XDIST, *session.posargs)
 
 
 @nox.session(python=SUPPORTED_PYTHONS)
@@ -58,7 +61,7 @@ def tests_versions(session: nox.Session) -> None:
     """The test suite on each supported Python found here (not a default session)."""
     session.install("-e", ".[test]")
     ensure_chromium(session)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *XDIST, *session.posargs)
 
 
 @nox.session

@@ -69,3 +69,29 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def redis_url() -> str:
     require_server("Redis", 6379)
     return "redis://127.0.0.1:6379/0"
+
+
+# The suite runs on two pytest-xdist workers (noxfile: ``-n 2 --dist loadgroup``). The tests of
+# a group run one after another on one worker, in their file's order, never beside each other.
+_GROUPS = {
+    # several processes, a PostgreSQL cluster of their own (a free port is found by probing),
+    # sessions cut on the shared server
+    "test_multiprocess.py": "processes",
+    "test_cluster_processes.py": "processes",
+    "test_blips.py": "processes",
+    "test_outage.py": "processes",
+    # fixed process identities ("me", "survivor"): PostgreSQL's liveness locks are per
+    # database, not per schema, so two of these tests at once would wait on each other
+    "test_sqlstore.py": "sqlstore",
+    # its last test checks what the module's other tests counted, in the same process
+    "test_cron_differential.py": "cron-differential",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = _GROUPS.get(item.path.name)
+        if group is None and "redis_url" in getattr(item, "fixturenames", ()):
+            group = "redis"  # one Redis, one channel
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
