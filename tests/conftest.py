@@ -88,10 +88,20 @@ _GROUPS = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        group = _GROUPS.get(item.path.name)
-        if group is None and "redis_url" in getattr(item, "fixturenames", ()):
-            group = "redis"  # one Redis, one channel
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # At collection, before any pytest_collection_modifyitems: pytest-xdist's reads the groups.
+    group = _GROUPS.get(item.path.name)
+    if group is None and "redis_url" in getattr(item, "fixturenames", ()):
+        group = "redis"  # one Redis, one channel
+    if group is not None:
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist 3.8 marks a grouped test by appending ``@group`` to its id, which pytest
+    9.2 ignores (pytest-xdist#1386): the groups would be silently lost. Say so and stop."""
+    if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple >= (9, 2):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__}: pytest-xdist's --dist loadgroup does not group tests "
+            "on pytest 9.2+ (pytest-xdist#1386); install the test extra (pytest<9.2)"
+        )

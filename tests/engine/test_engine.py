@@ -295,31 +295,33 @@ async def test_jobs_run_with_their_job_and_current_job(anyio_backend: str, kind:
 async def test_coalesce_policies(
     anyio_backend: str, kind: str, policy: CoalescePolicy, expected: int
 ) -> None:
-    start = datetime.now(UTC) - timedelta(seconds=0.95)
+    # Ten fires due at the start (1 s apart); the eleventh is 0.5 s away, a margin for a
+    # loaded machine before the schedule is first processed.
+    start = datetime.now(UTC) - timedelta(seconds=9.5)
     async with engine(kind) as (scheduler, recorder):
         await scheduler.configure_task("t", func=noop, job_executor="x", max_running_jobs=None)
-        await scheduler.add_schedule("t", interval(0.1, start), id="s", coalesce=policy)
+        await scheduler.add_schedule("t", interval(1, start), id="s", coalesce=policy)
         await scheduler.start_in_background()
         await wait_until(lambda: len(recorder.jobs) >= expected)
         await anyio.sleep(0.02)
         await scheduler.stop()
-    # The fires due when the schedule was first processed (later ones are >= start + 1 s);
+    # The fires due when the schedule was first processed (later ones are >= start + 10 s);
     # sorted, as trio runs a batch of new tasks in no fixed order.
     first_batch = sorted(
         (
             job
             for job in recorder.jobs
-            if job.original_scheduled_time < start + timedelta(seconds=0.95)
+            if job.original_scheduled_time < start + timedelta(seconds=9.5)
         ),  # type: ignore[operator]
         key=lambda job: job.scheduled_fire_time or start,
     )
     fire_times = [job.scheduled_fire_time for job in first_batch]
     if policy is CoalescePolicy.latest:
-        assert fire_times == [start + timedelta(seconds=0.9)]
+        assert fire_times == [start + timedelta(seconds=9)]
     elif policy is CoalescePolicy.earliest:
         assert fire_times == [start]
     else:
-        assert fire_times == [start + timedelta(seconds=0.1 * i) for i in range(10)]
+        assert fire_times == [start + timedelta(seconds=i) for i in range(10)]
 
 
 async def test_max_jitter_stays_below_the_next_fire(anyio_backend: str, kind: str) -> None:
