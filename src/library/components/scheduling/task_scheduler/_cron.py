@@ -69,7 +69,7 @@ import copy
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -201,21 +201,85 @@ class _Parsed:
     dow_restricted: bool
 
 
+class _TimesOfDay:
+    """The times of day a trigger matches (the product of its hour, minute and second
+    sets), with "next value after v" tables: a matching time later the same day, without
+    croniter."""
+
+    __slots__ = ("first_minute", "first_second", "hours", "minutes", "next_hour", "next_minute",
+                 "next_second")  # fmt: skip
+
+    def __init__(
+        self, hours: Iterable[int], minutes: Iterable[int], seconds: Iterable[int]
+    ) -> None:
+        self.hours = frozenset(hours)
+        self.minutes = frozenset(minutes)
+        self.next_hour = _next_table(self.hours, 24)
+        self.next_minute = _next_table(self.minutes, 60)
+        self.next_second = _next_table(seconds, 60)
+        self.first_minute = min(self.minutes)
+        self.first_second = min(seconds)
+
+    def after(self, x: datetime) -> datetime | None:
+        """The first matching time of day strictly after ``x`` (whole seconds) on the same
+        day, or None if none is left that day."""
+        hour, minute = x.hour, x.minute
+        if hour in self.hours:
+            if minute in self.minutes:
+                second = self.next_second[x.second]
+                if second >= 0:
+                    return x.replace(second=second)
+            minute = self.next_minute[minute]
+            if minute >= 0:
+                return x.replace(minute=minute, second=self.first_second)
+        hour = self.next_hour[hour]
+        if hour >= 0:
+            return x.replace(hour=hour, minute=self.first_minute, second=self.first_second)
+        return None
+
+
+def _next_table(values: Iterable[int], size: int) -> tuple[int, ...]:
+    """For each v in 0..size-1, the smallest value > v (-1: none)."""
+    ordered = sorted(values)
+    table = []
+    for v in range(size):
+        table.append(next((w for w in ordered if w > v), -1))
+    return tuple(table)
+
+
 class _Sub:
-    """One croniter iterator over naive wall-clock times, with a one-entry cache."""
+    """One croniter iterator over naive wall-clock times, with a one-entry cache.
 
-    __slots__ = ("cron", "head", "x")
+    The day of the last time croniter returned is a matching day: the next match after a
+    time on that day is found from ``times`` while that day has one left (the step from
+    one fire to the next, nearly always), and by croniter otherwise. Only naive wall times
+    are involved; the DST walk around them is unchanged.
+    """
 
-    def __init__(self, cron: Any) -> None:
+    __slots__ = ("cron", "day", "head", "times", "x")
+
+    def __init__(self, cron: Any, times: _TimesOfDay | None) -> None:
         self.cron = cron
+        self.times = times
+        """None: croniter for every step (what a differential test compares with)."""
+        self.day: date | None = None
+        """The day of croniter's last result: every day field matches it."""
         self.x: datetime | None = None
         self.head: datetime | None = None
 
     def after(self, x: datetime) -> datetime | None:
+        times = self.times
+        if times is not None and self.day is not None and not x.microsecond:
+            if x.date() == self.day:
+                same_day = times.after(x)
+                if same_day is not None:
+                    return same_day
         try:
             result: datetime = self.cron.get_next(datetime, start_time=x)
         except (CroniterBadDateError, OverflowError):
+            self.day = None
             return None
+        self.day = result.date()
         return result
 
     def cached_after(self, x: datetime) -> datetime | None:
@@ -229,7 +293,7 @@ class _Sub:
         return head
 
     def clone(self) -> _Sub:
-        return _Sub(copy.copy(self.cron))
+        return _Sub(copy.copy(self.cron), self.times)
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -842,6 +906,11 @@ class CronTrigger(Trigger):
         if parsed.year is not None and not parsed.year.is_full(_YEAR):
             year = _emit(parsed.year.values, _YEAR)
         origin = datetime(2000, 1, 1)
+        times = _TimesOfDay(
+            parsed.hour.values,
+            parsed.minute.values,
+            parsed.second.values if parsed.second is not None else (0,),
+        )
         subs: list[_Sub] = []
         for day_text, dow_text in texts:
             parts = [*head, day_text, month, dow_text]
@@ -858,7 +927,7 @@ class CronTrigger(Trigger):
                 )
             except (CroniterError, ValueError) as exc:  # pragma: no cover - defensive
                 raise InvalidValueError(f"{prefix}: {exc}") from None
-            subs.append(_Sub(cron))
+            subs.append(_Sub(cron, times))
         if year is not None:
             assert parsed.year is not None
             probe_from = datetime(min(parsed.year.values), 1, 1) - _SECOND
