@@ -424,3 +424,25 @@ def test_same_day_steps_match_croniter_from_any_wall_time() -> None:
             else:
                 x -= timedelta(seconds=rng.randint(0, 86400))
             assert fast._wall_after(x) == slow._wall_after(x), (expression, x)
+
+
+@pytest.mark.parametrize("zone", ZONES[1:])
+def test_wall_times_map_to_instants_as_zoneinfo_says_around_transitions(zone: str) -> None:
+    # The hot path tells a gap by arithmetic (the fold=0 instant reads back as another wall
+    # time); here every minute (and a few seconds) around each transition, against the
+    # plain rule: fold=0 and fold=1 offsets - equal, or ambiguous (first pass), or a gap.
+    z = ZoneInfo(zone)
+    trigger = CronTrigger("* * * * * *", timezone=zone)
+    gaps = 0
+    for transition in TRANSITIONS.get(zone) or _transitions(zone):
+        wall = transition.astimezone(z).replace(tzinfo=None) - timedelta(hours=3)
+        for step in range(6 * 60 * 4):
+            w = wall + timedelta(seconds=15 * step)
+            off0, off1 = z.utcoffset(w), z.utcoffset(w.replace(fold=1))
+            assert off0 is not None and off1 is not None
+            if off0 >= off1:
+                assert trigger._instant(w) == w - off0, (zone, w)
+            else:
+                gaps += 1
+                assert trigger._instant(w) == transition.replace(tzinfo=None), (zone, w)
+    assert gaps > 0
