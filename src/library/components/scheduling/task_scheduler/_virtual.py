@@ -358,8 +358,7 @@ class VirtualTime(Clock):
         spins = 0
         try:
             while True:
-                pending = self._pending()
-                if pending or (self._busy > 0 and spins < SPINS):
+                if (self._busy > 0 and spins < SPINS) or self._pending():
                     spins += 1
                     if spins <= SPINS:
                         await self._checkpoint()
