@@ -187,6 +187,28 @@ async def test_a_run_that_sleeps_holds_its_slot_in_virtual_time(anyio_backend: s
     assert last.outcome is Outcome.cancelled
 
 
+async def test_a_wait_that_ends_at_a_fire_time_ends_before_that_fire(anyio_backend: str) -> None:
+    # At one instant the waits due wake first, then the fires due start: a run that sleeps
+    # exactly one interval has finished when its next fire comes, which then runs.
+    scheduler = TaskScheduler()
+    events: list[tuple[str, datetime]] = []
+
+    @scheduler.interval(minutes=1, id="minute", max_instances=1)
+    async def minute() -> None:
+        events.append(("start", scheduler.now()))
+        await scheduler.sleep(60)
+        events.append(("end", scheduler.now()))
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    async with virtual_time(scheduler, start=start) as clock:
+        await clock.advance(minutes=3, seconds=30)
+        job = await scheduler.get_job("minute")
+    at = [start + timedelta(minutes=m) for m in range(1, 4)]
+    assert events == [("start", at[0]), ("end", at[1]), ("start", at[1]), ("end", at[2]),
+                      ("start", at[2])]  # fmt: skip
+    assert (job.counts.success, job.counts.skipped) == (2, 0)
+
+
 async def test_retries_wait_their_delays_in_virtual_time(anyio_backend: str) -> None:
     scheduler = TaskScheduler()
     attempts: list[datetime] = []
