@@ -209,6 +209,30 @@ async def test_a_wait_that_ends_at_a_fire_time_ends_before_that_fire(anyio_backe
     assert (job.counts.success, job.counts.skipped) == (2, 0)
 
 
+async def test_a_job_added_by_a_run_and_due_at_once_runs_at_that_instant(
+    anyio_backend: str,
+) -> None:
+    # The schedule loop wakes for a schedule added at run time and fires it at once; the
+    # clock waits for that before it moves on.
+    scheduler = TaskScheduler()
+    ran: list[tuple[str, datetime]] = []
+
+    async def follow_up() -> None:
+        ran.append(("follow-up", scheduler.now()))
+
+    @scheduler.cron("*/5 * * * *", id="parent")
+    async def parent() -> None:
+        ran.append(("parent", scheduler.now()))
+        if len(ran) == 2:  # the second fire, at 00:05
+            await scheduler.add_date_job(follow_up, "follow-up", run_at=scheduler.now())
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    async with virtual_time(scheduler, start=start) as clock:
+        await clock.advance(minutes=12)
+    at = [start + timedelta(minutes=m) for m in (0, 5, 10)]
+    assert ran == [("parent", at[0]), ("parent", at[1]), ("follow-up", at[1]), ("parent", at[2])]
+
+
 async def test_retries_wait_their_delays_in_virtual_time(anyio_backend: str) -> None:
     scheduler = TaskScheduler()
     attempts: list[datetime] = []

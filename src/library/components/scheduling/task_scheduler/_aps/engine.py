@@ -355,7 +355,7 @@ class MemoryEngine(AsyncScheduler):
         """The schedule loop under a virtual clock: it never waits for a time. The clock,
         when it has moved to a fire time, fires what is due itself (the probe's ``fire``: no
         task switch per instant); the loop only wakes for schedule changes (a job added at
-        run time whose first fire is due at once)."""
+        run time whose first fire is due at once), and then does the same."""
         store = self._memory_store()
         keeper = cast(TimeKeeper, self.clock)
         wakeup = anyio.Event()
@@ -399,13 +399,7 @@ class MemoryEngine(AsyncScheduler):
             task_status.started()
             await self.get_next_event(SchedulerStarted)
             while self._state is RunState.started:
-                schedules = await store.acquire_schedules(
-                    self.identity, self.lease_duration, SCHEDULE_BATCH
-                )
-                if schedules:
-                    await self._fire(store, schedules)
-                if len(schedules) >= SCHEDULE_BATCH:
-                    wakeup.set()  # more are due: look again after this batch's jobs started
+                await fire()  # what the clock does at an instant: all that is due, jobs started
                 await wakeup.wait()
                 wakeup = anyio.Event()
         finally:
