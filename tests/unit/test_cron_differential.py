@@ -384,9 +384,9 @@ def _fires(trigger: CronTrigger, count: int) -> tuple[list[datetime], int]:
 
 @pytest.mark.parametrize("zone", FAST_ZONES)
 def test_same_day_steps_match_croniter_around_every_transition(zone: str) -> None:
-    expressions = HAND_PICKED + [case.ours for case in CASES[:12]]
-    starts = [datetime(YEAR, 1, 1, tzinfo=UTC)]
-    starts += [t - timedelta(days=2) for t in TRANSITIONS.get(zone, _transitions(zone))]
+    expressions = HAND_PICKED + [case.ours for case in CASES[:6]]
+    starts = [t - timedelta(days=1) for t in TRANSITIONS.get(zone, _transitions(zone))]
+    starts = starts or [datetime(YEAR, 3, 1, tzinfo=UTC)]
     fast_total = slow_total = 0
     for expression in expressions:
         for start in starts:
@@ -395,7 +395,7 @@ def test_same_day_steps_match_croniter_around_every_transition(zone: str) -> Non
             slow = CronTrigger(expression, **kwargs)  # type: ignore[arg-type]
             for sub in slow._subs:
                 sub.times = None  # croniter for every step
-            count = 120 if expression.count(" ") < 5 else 500  # seconds: more steps a day
+            count = 100 if expression.count(" ") < 5 else 300  # seconds: more steps a day
             fast_fires, fast_asked = _fires(fast, count)
             slow_fires, slow_asked = _fires(slow, count)
             assert fast_fires == slow_fires, (expression, zone, start)
@@ -412,7 +412,7 @@ def test_same_day_steps_match_croniter_from_any_wall_time() -> None:
     # Wall times the DST walk asks about need not follow a fire: random ones, some on the
     # day of the previous answer, some on other days (which need not match).
     rng = random.Random(SEED)
-    for expression in HAND_PICKED + [case.ours for case in CASES[:40]]:
+    for expression in HAND_PICKED + [case.ours for case in CASES[:20]]:
         fast = CronTrigger(expression, hash_id="job-1")
         slow = CronTrigger(expression, hash_id="job-1")
         for sub in slow._subs:
