@@ -347,3 +347,102 @@ def test_zz_dst_exceptions_were_exercised() -> None:
         assert FIRED[zone] > 50 * len(CASES), (zone, FIRED)
     for zone in ZONES[1:]:
         assert EXCEPTIONS[zone] > 20, (zone, EXCEPTIONS)
+
+
+# The same-day step (``_TimesOfDay``) against croniter for every step, trigger by trigger.
+
+HAND_PICKED = [
+    "* * * * *", "*/7 * * * *", "0 * * * *", "30 2 * * *", "*/15 1-3 * * *", "0 */2 * * *",
+    "* * * * * *", "*/20 */30 * * * *", "0 0 L * *", "0 9 15W * *", "0 8 * * 5#2",
+    "0 8 * * 5L", "59 23 31 12 *", "0 0 29 2 *", "H H * * *", "H/15 * * * *",
+    "*/10 22-2 * * fri-mon", "0 0 1,15 * 1", "5 0-6 * * *", "0 30 1-3 * * 0",
+]  # fmt: skip
+FAST_ZONES = ["UTC", "America/New_York", "Europe/London", "Australia/Lord_Howe",
+              "America/Santiago", "Asia/Kolkata"]  # fmt: skip
+
+
+def _fires(trigger: CronTrigger, count: int) -> tuple[list[datetime], int]:
+    """The next ``count`` fires, and how many times croniter was asked."""
+    asked = 0
+    for sub in trigger._subs:
+        get_next = sub.cron.get_next
+
+        def counting(*args: object, _get_next: object = get_next, **kwargs: object) -> object:
+            nonlocal asked
+            asked += 1
+            return _get_next(*args, **kwargs)  # type: ignore[operator]
+
+        sub.cron.get_next = counting
+    out = []
+    for _ in range(count):
+        fire = trigger.next()
+        if fire is None:
+            break
+        out.append(fire)
+    return out, asked
+
+
+@pytest.mark.parametrize("zone", FAST_ZONES)
+def test_same_day_steps_match_croniter_around_every_transition(zone: str) -> None:
+    expressions = HAND_PICKED + [case.ours for case in CASES[:6]]
+    starts = [t - timedelta(days=1) for t in TRANSITIONS.get(zone, _transitions(zone))]
+    starts = starts or [datetime(YEAR, 3, 1, tzinfo=UTC)]
+    fast_total = slow_total = 0
+    for expression in expressions:
+        for start in starts:
+            kwargs = {"timezone": zone, "start_time": start, "hash_id": "job-1"}
+            fast = CronTrigger(expression, **kwargs)  # type: ignore[arg-type]
+            slow = CronTrigger(expression, **kwargs)  # type: ignore[arg-type]
+            for sub in slow._subs:
+                sub.times = None  # croniter for every step
+            count = 100 if expression.count(" ") < 5 else 300  # seconds: more steps a day
+            fast_fires, fast_asked = _fires(fast, count)
+            slow_fires, slow_asked = _fires(slow, count)
+            assert fast_fires == slow_fires, (expression, zone, start)
+            # on, from the state in between (restored: it starts without a known day)
+            restored = CronTrigger.__new__(CronTrigger)
+            restored.__setstate__(fast.__getstate__())
+            assert _fires(restored, 30)[0] == _fires(slow, 30)[0], (expression, zone, start)
+            fast_total += fast_asked
+            slow_total += slow_asked
+    assert fast_total < slow_total / 2, (fast_total, slow_total)  # the same-day step is used
+
+
+def test_same_day_steps_match_croniter_from_any_wall_time() -> None:
+    # Wall times the DST walk asks about need not follow a fire: random ones, some on the
+    # day of the previous answer, some on other days (which need not match).
+    rng = random.Random(SEED)
+    for expression in HAND_PICKED + [case.ours for case in CASES[:20]]:
+        fast = CronTrigger(expression, hash_id="job-1")
+        slow = CronTrigger(expression, hash_id="job-1")
+        for sub in slow._subs:
+            sub.times = None
+        x = datetime(YEAR, 1, 1)
+        for _ in range(300):
+            if rng.random() < 0.5:
+                x += timedelta(seconds=rng.randint(1, 3 * 86400))
+            else:
+                x -= timedelta(seconds=rng.randint(0, 86400))
+            assert fast._wall_after(x) == slow._wall_after(x), (expression, x)
+
+
+@pytest.mark.parametrize("zone", ZONES[1:])
+def test_wall_times_map_to_instants_as_zoneinfo_says_around_transitions(zone: str) -> None:
+    # The hot path tells a gap by arithmetic (the fold=0 instant reads back as another wall
+    # time); here every minute (and a few seconds) around each transition, against the
+    # plain rule: fold=0 and fold=1 offsets - equal, or ambiguous (first pass), or a gap.
+    z = ZoneInfo(zone)
+    trigger = CronTrigger("* * * * * *", timezone=zone)
+    gaps = 0
+    for transition in TRANSITIONS.get(zone) or _transitions(zone):
+        wall = transition.astimezone(z).replace(tzinfo=None) - timedelta(hours=3)
+        for step in range(6 * 60 * 4):
+            w = wall + timedelta(seconds=15 * step)
+            off0, off1 = z.utcoffset(w), z.utcoffset(w.replace(fold=1))
+            assert off0 is not None and off1 is not None
+            if off0 >= off1:
+                assert trigger._instant(w) == w - off0, (zone, w)
+            else:
+                gaps += 1
+                assert trigger._instant(w) == transition.replace(tzinfo=None), (zone, w)
+    assert gaps > 0

@@ -80,3 +80,10 @@ class TimeKeeper(Protocol):
 
     async def run(self, unit: object, func: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run ``func(*args)`` as ``unit`` (in the task that runs it), then count it done."""
+
+    def enter(self, unit: object) -> int:
+        """The running task begins to run ``unit``; returns the key :meth:`leave` takes (what
+        :meth:`run` does around its call, for a caller that awaits the work itself)."""
+
+    def leave(self, unit: object, task: int) -> None:
+        """The run of ``unit`` that :meth:`enter` began has ended: count it done."""

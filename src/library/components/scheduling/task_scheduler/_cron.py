@@ -69,7 +69,7 @@ import copy
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -87,6 +87,9 @@ __all__ = ["CronTrigger"]
 
 _UTC: Final = dt_timezone.utc
 _SECOND: Final = timedelta(seconds=1)
+_EPOCH: Final = datetime(1970, 1, 1)
+_EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=_UTC)
+# The hot path moves datetimes by arithmetic: datetime.replace() costs ten times as much.
 _STATE_VERSION: Final = 1
 
 _MONTH_LABELS: Final = (
@@ -201,21 +204,101 @@ class _Parsed:
     dow_restricted: bool
 
 
+class _TimesOfDay:
+    """The times of day a trigger matches (the product of its hour, minute and second
+    sets), with "next value after v" tables: a matching time later the same day, without
+    croniter."""
+
+    __slots__ = ("deltas", "first_minute", "first_second", "hours", "minutes", "next_hour",
+                 "next_minute", "next_second")  # fmt: skip
+
+    def __init__(
+        self, hours: Iterable[int], minutes: Iterable[int], seconds: Iterable[int]
+    ) -> None:
+        seconds = frozenset(seconds)
+        self.hours = frozenset(hours)
+        self.minutes = frozenset(minutes)
+        self.next_hour = _next_table(self.hours, 24)
+        self.next_minute = _next_table(self.minutes, 60)
+        self.next_second = _next_table(seconds, 60)
+        self.first_minute = min(self.minutes)
+        self.first_second = min(seconds)
+        self.deltas: dict[int, timedelta] = {}
+        """The steps met so far, by seconds (few: the gaps between matching times)."""
+
+    def after(self, x: datetime) -> datetime | None:
+        """The first matching time of day strictly after ``x`` (whole seconds) on the same
+        day, or None if none is left that day."""
+        hour, minute, second = x.hour, x.minute, x.second
+        if hour in self.hours:
+            if minute in self.minutes:
+                later = self.next_second[second]
+                if later >= 0:
+                    return x + self._delta(later - second)
+            later = self.next_minute[minute]
+            if later >= 0:
+                return x + self._delta((later - minute) * 60 + self.first_second - second)
+        later = self.next_hour[hour]
+        if later >= 0:
+            return x + self._delta(
+                (later - hour) * 3600
+                + (self.first_minute - minute) * 60
+                + self.first_second
+                - second
+            )
+        return None
+
+    def _delta(self, seconds: int) -> timedelta:
+        delta = self.deltas.get(seconds)
+        if delta is None:
+            delta = timedelta(0, seconds)
+            if len(self.deltas) < 4096:
+                self.deltas[seconds] = delta
+        return delta
+
+
+def _next_table(values: Iterable[int], size: int) -> tuple[int, ...]:
+    """For each v in 0..size-1, the smallest value > v (-1: none)."""
+    ordered = sorted(values)
+    table = []
+    for v in range(size):
+        table.append(next((w for w in ordered if w > v), -1))
+    return tuple(table)
+
+
 class _Sub:
-    """One croniter iterator over naive wall-clock times, with a one-entry cache."""
+    """One croniter iterator over naive wall-clock times, with a one-entry cache.
 
-    __slots__ = ("cron", "head", "x")
+    The day of the last time croniter returned is a matching day: the next match after a
+    time on that day is found from ``times`` while that day has one left (the step from
+    one fire to the next, nearly always), and by croniter otherwise. Only naive wall times
+    are involved; the DST walk around them is unchanged.
+    """
 
-    def __init__(self, cron: Any) -> None:
+    __slots__ = ("cron", "day", "head", "times", "x")
+
+    def __init__(self, cron: Any, times: _TimesOfDay | None) -> None:
         self.cron = cron
+        self.times = times
+        """None: croniter for every step (what a differential test compares with)."""
+        self.day: date | None = None
+        """The day of croniter's last result: every day field matches it."""
         self.x: datetime | None = None
         self.head: datetime | None = None
 
     def after(self, x: datetime) -> datetime | None:
+        times = self.times
+        if times is not None and self.day is not None and not x.microsecond:
+            if x.date() == self.day:
+                same_day = times.after(x)
+                if same_day is not None:
+                    return same_day
         try:
             result: datetime = self.cron.get_next(datetime, start_time=x)
         except (CroniterBadDateError, OverflowError):
+            self.day = None
             return None
+        self.day = result.date()
         return result
 
     def cached_after(self, x: datetime) -> datetime | None:
@@ -229,7 +312,7 @@ class _Sub:
         return head
 
     def clone(self) -> _Sub:
-        return _Sub(copy.copy(self.cron))
+        return _Sub(copy.copy(self.cron), self.times)
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -705,6 +788,14 @@ def _from_iso(name: str, value: object) -> datetime | None:
     return _utc_naive(name, datetime.fromisoformat(value))
 
 
+def _fold1(wall: datetime) -> datetime:
+    """``wall.replace(fold=1)``, at a third of its cost."""
+    return datetime(
+        wall.year, wall.month, wall.day, wall.hour, wall.minute, wall.second, wall.microsecond,
+        fold=1,
+    )  # fmt: skip
+
+
 def _join_words(words: list[str]) -> str:
     if len(words) == 1:
         return words[0]
@@ -743,6 +834,7 @@ class CronTrigger(Trigger):
     _fields_given: dict[str, str] | None
     _timezone: str
     _zone: ZoneInfo
+    _epoch: datetime  # 1970-01-01 in _zone: datetimes move by arithmetic from it
     _start: datetime  # naive UTC
     _end: datetime | None  # naive UTC
     _hash_id: str | None
@@ -842,6 +934,11 @@ class CronTrigger(Trigger):
         if parsed.year is not None and not parsed.year.is_full(_YEAR):
             year = _emit(parsed.year.values, _YEAR)
         origin = datetime(2000, 1, 1)
+        times = _TimesOfDay(
+            parsed.hour.values,
+            parsed.minute.values,
+            parsed.second.values if parsed.second is not None else (0,),
+        )
         subs: list[_Sub] = []
         for day_text, dow_text in texts:
             parts = [*head, day_text, month, dow_text]
@@ -858,7 +955,7 @@ class CronTrigger(Trigger):
                 )
             except (CroniterError, ValueError) as exc:  # pragma: no cover - defensive
                 raise InvalidValueError(f"{prefix}: {exc}") from None
-            subs.append(_Sub(cron))
+            subs.append(_Sub(cron, times))
         if year is not None:
             assert parsed.year is not None
             probe_from = datetime(min(parsed.year.values), 1, 1) - _SECOND
@@ -871,6 +968,7 @@ class CronTrigger(Trigger):
         self._fields_given = dict(given) if given is not None else None
         self._timezone = timezone
         self._zone = zone
+        self._epoch = datetime(1970, 1, 1, tzinfo=zone)
         self._start = start
         self._end = end
         self._hash_id = hash_id
@@ -942,7 +1040,7 @@ class CronTrigger(Trigger):
         if fire is None or (self._end is not None and fire > self._end):
             return None
         self._last = fire
-        return fire.replace(tzinfo=_UTC)
+        return _EPOCH_UTC + (fire - _EPOCH)
 
     def describe(self) -> str:
         """Plain-English description, or ``Cron '<expression>' (<zone>)`` when complex."""
@@ -1046,27 +1144,33 @@ class CronTrigger(Trigger):
         """Naive UTC instant of a matching wall time (first pass; gap -> its end)."""
         zone = self._zone
         off0 = zone.utcoffset(wall)
-        off1 = zone.utcoffset(wall.replace(fold=1))
-        assert off0 is not None and off1 is not None
-        if off0 >= off1:  # exists (ambiguous: off0 > off1, fold=0 is the first pass)
-            return wall - off0
-        # In a gap: fold=0 carries the offset before the transition, fold=1 the one after.
-        return self._transition(wall - off1, wall - off0, off1)
+        assert off0 is not None
+        instant = wall - off0
+        # It exists (ambiguous: fold=0 is the first pass) iff that instant reads back as the
+        # same wall time: in a gap, fold=0 carries the offset before the transition, and the
+        # instant it gives is after it.
+        epoch = self._epoch
+        if zone.fromutc(epoch + (instant - _EPOCH)) - epoch == wall - _EPOCH:
+            return instant
+        off1 = zone.utcoffset(_fold1(wall))
+        assert off1 is not None
+        return self._transition(wall - off1, instant, off1)
 
     def _next_after(self, a: datetime) -> datetime | None:
         """First fire instant strictly after ``a`` (naive UTC, whole seconds)."""
         zone = self._zone
-        local = zone.fromutc(a.replace(tzinfo=zone))
-        wall = local.replace(tzinfo=None)
+        local = zone.fromutc(self._epoch + (a - _EPOCH))
         if local.fold:
-            return self._next_in_second_pass(a, wall)
+            return self._next_in_second_pass(a, local.replace(tzinfo=None))
+        off0 = local.utcoffset()
+        assert off0 is not None
+        wall = a + off0
         first = self._wall_after(wall)
         best = None if first is None else self._instant(first)
         if not self._hour_all:
             return best
-        off0 = local.utcoffset()
-        off1 = zone.utcoffset(wall.replace(fold=1))
-        assert off0 is not None and off1 is not None
+        off1 = zone.utcoffset(_fold1(wall))
+        assert off1 is not None
         if off0 <= off1:
             return best
         # a is in the first pass of a repeated hour and every hour matches: the
