@@ -552,7 +552,13 @@ async def test_a_draining_process_leaves_new_fires_to_the_others(pg_url: str) ->
         for run in await other.get_runs("tick", limit=1000)
         if began < run.scheduled_at < ended and run.outcome is not None
     ]
-    assert len(theirs) >= 5 and {run.outcome.value for run in theirs} == {"success"}
+    # Under load a tick may meet the previous one's release not yet written: skipped, as
+    # max_instances=1 says; never cancelled, and most of them run.
+    succeeded = [
+        run for run in theirs if run.outcome is not None and run.outcome.value == "success"
+    ]
+    assert len(succeeded) >= 5, theirs
+    assert {run.outcome.value for run in theirs} <= {"success", "skipped"}, theirs
 
 
 PAUSED_CALLS: list[str] = []
