@@ -13,15 +13,15 @@ APScheduler 4.0.0a6's ``SQLAlchemyDataStore`` runs a synchronous ``Engine`` thro
   one could not get a thread for their next statement (a deadlock until the pool's timeout).
   Here a transaction first takes one of ``connections`` slots in the event loop, then runs
   every call in this store's own limiter of as many threads: a call never waits for a
-  thread, and a checkout never waits for a connection.
-
-- a server that stops answering on an open connection (a hung host) blocks the thread's
+  thread, and a checkout never waits for a connection;
+- a server that stops answering on an open connection (a hung host) blocks a thread's
   statement for good: psycopg has no client-side statement timeout, and the server's kernel
   still acknowledges, so keepalives never fire. asyncpg's ``command_timeout`` bounds every
-  statement on asyncio (leases.STATEMENT_TIMEOUT); here :meth:`ThreadedSQLStore._in_thread`
-  stops waiting after as long, shuts the connection's socket down - the thread's statement
-  then fails at once, handing back its thread, slot and pool connection, and SQLAlchemy
-  invalidates the connection - and raises the ``TimeoutError`` asyncio raises.
+  statement on asyncio (leases.STATEMENT_TIMEOUT); here :func:`call_bounded` (every
+  statement of the store, and the wake-ups' NOTIFY) stops waiting after as long and shuts
+  the connection's socket down - the thread's statement fails at once, handing back its
+  thread, slot and pool connection, and SQLAlchemy invalidates the connection - and raises
+  the ``TimeoutError`` asyncio raises.
 
 Everything else - the ledger, liveness, sweeps, running counts, history - is
 :class:`SQLStore`'s own code, run through the two primitives 4.0.0a6's store already calls
@@ -94,14 +94,21 @@ def _execute_buffered(
     return result.freeze()()
 
 
-class _Call(Generic[T]):
-    """One call in a worker thread, whose end the event loop can see after it stopped
-    waiting for it."""
+class SessionCall(Generic[T]):
+    """A call that talks to PostgreSQL on one session, to run in a worker thread by
+    :func:`call_bounded`: its session is known to the event loop (given, or set by the call
+    once it has checked a connection out), and so is its end."""
 
-    __slots__ = ("args", "done", "func")
+    __slots__ = ("args", "done", "func", "session")
 
-    def __init__(self, func: Callable[..., T], args: tuple[Any, ...]) -> None:
-        self.func, self.args, self.done = func, args, threading.Event()
+    def __init__(
+        self,
+        func: Callable[..., T],
+        args: tuple[Any, ...],
+        session: psycopg.Connection[Any] | None = None,
+    ) -> None:
+        self.func, self.args, self.session = func, args, session
+        self.done = threading.Event()
 
     def __call__(self) -> T:
         try:
@@ -110,7 +117,31 @@ class _Call(Generic[T]):
             self.done.set()
 
 
-def _driver(conn: Connection) -> psycopg.Connection[Any] | None:
+async def call_bounded(call: SessionCall[T], limiter: CapacityLimiter) -> T:
+    """Run ``call`` in a thread of ``limiter``'s, waiting for it at most STATEMENT_TIMEOUT.
+
+    Past that (or when cancelled) its session's socket is shut down: the thread's statement
+    fails at once as a lost connection, handing back its thread and its pool connection,
+    which SQLAlchemy invalidates (never reused); then the ``TimeoutError`` asyncpg's
+    ``command_timeout`` raises on asyncio is raised.
+    """
+    try:
+        with fail_after(STATEMENT_TIMEOUT):
+            return await to_thread.run_sync(call, limiter=limiter, abandon_on_cancel=True)
+    except BaseException as exc:  # timed out, or cancelled (outside a transaction)
+        if not call.done.is_set():
+            if call.session is not None:
+                _shut_down(call.session)
+            with CancelScope(shield=True):  # a thread of anyio's: ``limiter`` may be full
+                await to_thread.run_sync(call.done.wait, CUT_GRACE)
+        if isinstance(exc, TimeoutError):
+            raise TimeoutError(
+                f"the store did not answer a statement within {STATEMENT_TIMEOUT} s"
+            ) from None
+        raise
+
+
+def session_of(conn: Connection) -> psycopg.Connection[Any] | None:
     """The psycopg connection under ``conn``, if it has a live one (no reconnect)."""
     if conn.closed or conn.invalidated:
         return None
@@ -183,23 +214,10 @@ class ThreadedSQLStore(SQLStore):
         """``func(*args)`` in one of this store's threads; if it talks to PostgreSQL on
         ``conn``, for at most STATEMENT_TIMEOUT (see the module docstring)."""
         limiter = self._runner()[0]
-        driver = _driver(conn) if conn is not None else None
-        if driver is None:
+        session = session_of(conn) if conn is not None else None
+        if session is None:
             return await to_thread.run_sync(func, *args, limiter=limiter)
-        call = _Call(func, args)
-        try:
-            with fail_after(STATEMENT_TIMEOUT):
-                return await to_thread.run_sync(call, limiter=limiter, abandon_on_cancel=True)
-        except BaseException as exc:  # timed out, or cancelled (outside a transaction)
-            if not call.done.is_set():
-                _shut_down(driver)  # never reused: SQLAlchemy invalidates it
-                with CancelScope(shield=True):  # a thread of anyio's: the store's may be full
-                    await to_thread.run_sync(call.done.wait, CUT_GRACE)
-            if isinstance(exc, TimeoutError):
-                raise TimeoutError(
-                    f"the store did not answer a statement within {STATEMENT_TIMEOUT} s"
-                ) from None
-            raise
+        return await call_bounded(SessionCall(func, args, session), limiter)
 
     @asynccontextmanager
     async def _begin_transaction(self) -> AsyncGenerator[Connection, None]:
@@ -286,8 +304,8 @@ class ThreadedSQLStore(SQLStore):
 
     async def _liveness_lost(self) -> bool:
         conn = self._held
-        driver = _driver(conn) if conn is not None else None
-        if driver is not None and not _session_ended(driver):
+        session = session_of(conn) if conn is not None else None
+        if session is not None and not _session_ended(session):
             return False
         self._held = None
         if conn is not None:
