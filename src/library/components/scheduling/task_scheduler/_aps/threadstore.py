@@ -117,7 +117,7 @@ class SessionCall(Generic[T]):
             self.done.set()
 
 
-async def call_bounded(call: SessionCall[T], limiter: CapacityLimiter) -> T:
+async def call_bounded(call: SessionCall[T], limiter: CapacityLimiter | None) -> T:
     """Run ``call`` in a thread of ``limiter``'s, waiting for it at most STATEMENT_TIMEOUT.
 
     Past that (or when cancelled) its session's socket is shut down: the thread's statement

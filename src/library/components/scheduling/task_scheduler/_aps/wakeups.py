@@ -187,7 +187,6 @@ class ThreadedNotifyBroker(BaseExternalEventBroker):
         payload = self.generate_notification_str(event)
         if len(payload) > NOTIFY_LIMIT:
             raise SerializationError(f"serialized event exceeds {NOTIFY_LIMIT} bytes")
-        assert self._publishing is not None
         call: SessionCall[None] = SessionCall(
             lambda: _notify(self.engine, self.channel, payload, call), ()
         )
