@@ -244,10 +244,12 @@ could not deserialize
 open connections, every store call (the management API's too) hung for good
     closed: _aps.leases:STATEMENT_TIMEOUT, set by _aps.stores:open_sql_store (asyncpg's
             ``command_timeout``); on trio (psycopg has no such timeout)
-            _aps.threadstore:ThreadedSQLStore._in_thread (waits as long, then shuts the
-            connection's socket down and raises the same TimeoutError)
+            _aps.threadstore:call_bounded, for every statement of ThreadedSQLStore and the
+            wake-ups' NOTIFY (waits as long, then shuts the connection's socket down and
+            raises the same TimeoutError)
     test:   test_outage.py::test_a_frozen_server_bounds_every_call_and_the_scheduler_recovers
-            (asyncio and trio)
+            (asyncio and trio); test_trio_stores.py::
+            test_a_wake_up_sent_to_a_frozen_server_gives_up_as_a_statement_does
 
 No marked workaround: the 8000-byte NOTIFY payload limit (our executor records a job's
 ``Exception`` itself and returns normally: no traceback reaches a ``JobReleased``). Ours,
