@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import anyio
-import asyncpg
+import psycopg
 import pytest
 from pgcluster import Cluster, own_cluster
 
@@ -28,13 +28,6 @@ from library.components.scheduling.task_scheduler._aps.sqlstore import LIVENESS_
 from library.components.scheduling.task_scheduler.testing import wait_for_runs
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """asyncio: on trio (psycopg sessions in threads) a cut liveness session is not taken
-    again yet - a known limit, in README "Running several workers"."""
-    return "asyncio"
 
 
 SETTLE = 8.0
@@ -80,20 +73,21 @@ async def cut_sessions(pg_url: str, sparing: str) -> int:
     """Terminate every session this process holds on the shared server - the victim's
     liveness session, both schedulers' pools and listeners - except ``sparing``'s liveness
     session (a peer that stays healthy and sweeps). Returns how many were cut."""
-    conn = await asyncpg.connect(pg_url.split("?")[0])
-    try:
-        cut = await conn.fetch(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE pid <> pg_backend_pid() AND client_port = ANY($1::int[])"
-            " AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory'"
-            " AND classid = $2::oid AND objid = (hashtext($3)::bigint & 4294967295)::oid)",
-            own_server_ports(5432),
-            LIVENESS_LOCK_CLASS,
-            sparing,
-        )
-    finally:
-        await conn.close()
-    return len(cut)
+
+    def cut() -> int:  # psycopg, in a thread: on asyncio and on trio
+        with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
+            return len(
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE pid <> pg_backend_pid() AND client_port = ANY(%s)"
+                    " AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND classid = %s::oid"
+                    " AND objid = (hashtext(%s)::bigint & 4294967295)::oid)",
+                    (own_server_ports(5432), LIVENESS_LOCK_CLASS, sparing),
+                ).fetchall()
+            )
+
+    return await anyio.to_thread.run_sync(cut)
 
 
 def fires_run_twice(runs: list[RunInfo]) -> list[tuple[str, datetime]]:

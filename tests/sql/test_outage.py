@@ -41,9 +41,6 @@ def cluster() -> Iterator[Cluster]:
         yield made
 
 
-# asyncio only: the bound is asyncpg's command_timeout; the store on trio (psycopg on threads)
-# has no equivalent yet (a thread blocked on a frozen server cannot be interrupted).
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_frozen_server_bounds_every_call_and_the_scheduler_recovers(
     cluster: Cluster,
 ) -> None:

@@ -8,15 +8,19 @@ test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses[trio].
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
 import anyio
 import psycopg
 import pytest
 from apscheduler import Event, TaskAdded
+from pgcluster import Cluster, own_cluster
 
 from library.components.scheduling.task_scheduler import Outcome, SchedulerConfig, TaskScheduler
 from library.components.scheduling.task_scheduler._aps import wakeups
+from library.components.scheduling.task_scheduler._aps.leases import STATEMENT_TIMEOUT
 from library.components.scheduling.task_scheduler._aps.stores import open_sql_store
 from library.components.scheduling.task_scheduler._urls import parse_store_url
 
@@ -101,3 +105,35 @@ async def test_without_notify_peers_find_each_others_work_by_polling(
     assert len(fires) == len(set(fires)) >= 8
     assert len({run.worker for run in runs}) == 2, "both processes took part"
     assert CALLS.count("eve") == len(fires)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    with own_cluster() as made:
+        yield made
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_wake_up_sent_to_a_frozen_server_gives_up_as_a_statement_does(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NOTIFY on a server that stopped answering (SIGSTOP) held its thread, and every
+    publish after it - the engine's loops wait for theirs - until the server answered
+    again. (On asyncio the asyncpg broker only queues it: publish never waits.)"""
+    async with AsyncExitStack() as stack:
+        _, broker = await open_sql_store(
+            parse_store_url(cluster.url),
+            None,
+            connect_timeout=10,
+            exit_stack=stack,
+            notices=NoNotices(),
+        )
+        assert isinstance(broker, wakeups.ThreadedNotifyBroker)
+        await broker.start(stack, LOG)
+        await broker.publish(TaskAdded(task_id="before"))  # the publishes' session is open
+        with cluster.frozen(limit=30):
+            start = time.monotonic()
+            await broker.publish(TaskAdded(task_id="frozen"))
+            took = time.monotonic() - start
+    assert took < STATEMENT_TIMEOUT + 5, took
+    assert "could not wake peers (TaskAdded)" in caplog.text

@@ -132,9 +132,12 @@ its runs; the restarted engine's ``reap_abandoned_jobs`` released its own acquir
             lock missing for HOLDER_GRACE), SQLStore.reap_abandoned_jobs with
             SQLStore.release_job (a release that could not be written is written at the
             restart; never-started jobs are queued again); _aps.stores:open_sql_store (the
-            lock lives as long as the store, not the engine)
+            lock lives as long as the store, not the engine); on trio the same code, with
+            ThreadedSQLStore._liveness_lost (psycopg's session seen closed) and
+            sqlstore:_disconnected (psycopg's refused connect, asyncpg's OSError)
     tests:  test_blips.py::test_cut_sessions_of_a_live_scheduler_leave_its_runs_alone
             test_blips.py::test_a_short_outage_while_a_job_runs_keeps_its_real_outcome
+            (both on asyncio and trio)
             test_sqlstore.py::test_a_cut_liveness_session_is_taken_again_at_once
             test_sqlstore.py::test_leases_of_jobs_in_hand_are_renewed_every_second
             test_sqlstore.py::
@@ -240,8 +243,13 @@ could not deserialize
 ``_begin_transaction`` shields the whole transaction: with a server that stops answering on
 open connections, every store call (the management API's too) hung for good
     closed: _aps.leases:STATEMENT_TIMEOUT, set by _aps.stores:open_sql_store (asyncpg's
-            ``command_timeout``)
+            ``command_timeout``); on trio (psycopg has no such timeout)
+            _aps.threadstore:call_bounded, for every statement of ThreadedSQLStore and the
+            wake-ups' NOTIFY (waits as long, then shuts the connection's socket down and
+            raises the same TimeoutError)
     test:   test_outage.py::test_a_frozen_server_bounds_every_call_and_the_scheduler_recovers
+            (asyncio and trio); test_trio_stores.py::
+            test_a_wake_up_sent_to_a_frozen_server_gives_up_as_a_statement_does
 
 No marked workaround: the 8000-byte NOTIFY payload limit (our executor records a job's
 ``Exception`` itself and returns normally: no traceback reaches a ``JobReleased``). Ours,

@@ -46,7 +46,7 @@ from sqlalchemy import (
     union,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
@@ -111,6 +111,8 @@ def _disconnected(exc: BaseException) -> bool:
     """The store could not be reached, or the connection was cut: worth trying again."""
     if isinstance(exc, (OSError, InterfaceError)):
         return True
+    if isinstance(exc, OperationalError) and getattr(exc.orig, "sqlstate", "") is None:
+        return True  # psycopg (trio): a connect refused or timed out (asyncpg: an OSError)
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
@@ -438,8 +440,7 @@ class SQLStore(SQLAlchemyDataStore):
         self, exit_stack: AsyncExitStack, event_broker: EventBroker, logger: logging.Logger
     ) -> None:
         await self._start_base(exit_stack, event_broker, logger)
-        if self._engine.dialect.name == "postgresql" and isinstance(self._engine, AsyncEngine):
-            # On trio (ThreadedSQLStore) the lock's session is a thread's: not re-taken yet.
+        if self._engine.dialect.name == "postgresql":
             keeper = await exit_stack.enter_async_context(anyio.create_task_group())
             keeper.start_soon(self._keep_liveness, name="task_scheduler liveness")
             exit_stack.callback(keeper.cancel_scope.cancel)
@@ -546,17 +547,13 @@ class SQLStore(SQLAlchemyDataStore):
         next_renewal = 0.0
         while True:
             await anyio.sleep(KEEP_INTERVAL)
-            identity, conn = self._identity, self._liveness
+            identity = self._identity
             if identity is None:
                 continue
-            if conn is None or await _closed(conn):
+            if await self._liveness_lost():
                 if not cut:
                     cut = True
                     logger.warning("the session holding %r's liveness lock was cut", identity)
-                self._liveness = None
-                if conn is not None:
-                    with anyio.CancelScope(shield=True):
-                        await conn.invalidate()
                 try:
                     await self._announce(identity)
                 except Exception as exc:
@@ -573,6 +570,18 @@ class SQLStore(SQLAlchemyDataStore):
                 except Exception as exc:
                     if not _disconnected(exc):
                         logger.warning("could not renew the leases of jobs in hand: %r", exc)
+
+    async def _liveness_lost(self) -> bool:
+        """Whether this process holds no liveness session, or the driver saw it close (no
+        query); a closed one is let go of, for :meth:`_announce` to open another."""
+        conn = self._liveness
+        if conn is not None and not await _closed(conn):
+            return False
+        self._liveness = None
+        if conn is not None:
+            with anyio.CancelScope(shield=True):
+                await conn.invalidate()
+        return True
 
     async def _renew(self, identity: str) -> None:
         jobs = self._t_jobs

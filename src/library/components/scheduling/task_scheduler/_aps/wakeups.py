@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .._log import logger as package_logger
 from .sqlstore import SQLStore
+from .threadstore import SessionCall, call_bounded, session_of
 
 IDLE = 10.0
 """Seconds without a notification before the listening session is checked (``SELECT 1``),
@@ -70,8 +71,12 @@ def _listen(conninfo: str, channel: str, connect_timeout: float) -> psycopg.Conn
     return conn
 
 
-def _notify(engine: Engine, channel: str, payload: str) -> None:
+def _notify(
+    engine: Engine, channel: str, payload: str, call: SessionCall[None] | None = None
+) -> None:
     with engine.begin() as conn:
+        if call is not None:
+            call.session = session_of(conn)  # for call_bounded, should the server hang
         conn.execute(_NOTIFY, {"channel": channel, "payload": payload})
 
 
@@ -182,11 +187,12 @@ class ThreadedNotifyBroker(BaseExternalEventBroker):
         payload = self.generate_notification_str(event)
         if len(payload) > NOTIFY_LIMIT:
             raise SerializationError(f"serialized event exceeds {NOTIFY_LIMIT} bytes")
+        call: SessionCall[None] = SessionCall(
+            lambda: _notify(self.engine, self.channel, payload, call), ()
+        )
         try:
-            await to_thread.run_sync(
-                _notify, self.engine, self.channel, payload, limiter=self._publishing
-            )
-        except DBAPIError as exc:
+            await call_bounded(call, self._publishing)  # a hung server: as a store statement
+        except (DBAPIError, TimeoutError) as exc:
             # As the asyncpg broker: a wake-up lost while the server is away is not an error
             # of the caller's (peers still wake at their next claim or sweep).
             self._logger.warning("could not wake peers (%s): %s", type(event).__name__, exc)
