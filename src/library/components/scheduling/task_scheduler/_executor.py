@@ -342,7 +342,8 @@ class TaskExecutor(JobExecutor):
             if grace is not None and self._missed(runtime, record, grace):
                 return
         self._hold(runtime, record)
-        await self._run_fire(runtime, record, str(job.id))
+        # The fire id is only read by the recorder (persistent stores): no str(UUID) else.
+        await self._run_fire(runtime, record, None if self._recorder is None else str(job.id))
 
     async def _run_queued(self, job: Job) -> None:
         """A run-now queued in the store from outside (``task-scheduler run``): run it here,
