@@ -624,7 +624,7 @@ class TaskExecutor(JobExecutor):
         history = runtime.history
         if history is None:
             history = runtime.history = deque(maxlen=self.history_size)
-        history.appendleft(record)
+        history.appendleft(record.row())
         counts = runtime.counts
         if type(counts) is not list:  # still the shared zeros: never mutated, replaced
             counts = runtime.counts = list(counts)
