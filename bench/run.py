@@ -392,6 +392,16 @@ def rows(plan: Plan) -> list[Row]:
                 _ms,
                 "lower",
             ),
+            Row(
+                f"full GC passes from the first fire, N={n:,}", key, "gc_full_passes", _int, "lower"
+            ),
+            Row(
+                f"longest GC pause from the first fire, N={n:,} (ms)",
+                key,
+                "gc_longest_ms",
+                _ms,
+                "lower",
+            ),
         ]
     jobs, schedules, startup = plan.queued_jobs, plan.memory_schedules, plan.startup_jobs
     table += [
