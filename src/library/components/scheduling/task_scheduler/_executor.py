@@ -518,7 +518,10 @@ class TaskExecutor(JobExecutor):
             self._observer.started(record)
         try:
             if timeout is None:
-                await self._call(spec, runtime)
+                if spec.is_async and spec.dependencies is None:
+                    await spec.func(*spec.args, **spec.kwargs)  # _call's common case, inline
+                else:
+                    await self._call(spec, runtime)
             else:
                 with self._move_on_after(timeout) as scope:
                     await self._call(spec, runtime)
