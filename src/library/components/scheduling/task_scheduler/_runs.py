@@ -94,11 +94,12 @@ class RunRecord:
         )
 
     def row(self) -> HistoryRow:
-        """This finished attempt as the history keeps it (:data:`HistoryRow`)."""
+        """This finished attempt as the history keeps it (:data:`HistoryRow`). (``_value_``:
+        the member's value without the ``value`` property's descriptor call, on the hot path.)"""
         outcome = self.outcome
         return (
             self.seq, self.job_id, self.attempt, self.scheduled_at, self.started_at,
-            self.finished_at, None if outcome is None else outcome.value, self.error_type,
+            self.finished_at, None if outcome is None else outcome._value_, self.error_type,
             self.error_message,
         )  # fmt: skip
 
