@@ -35,6 +35,33 @@ async def job() -> None:
     STARTS.append(time.time())
 
 
+GC_PASSES: list[tuple[float, int, float]] = []
+"""(wall time at its end, generation, seconds) of every garbage collection in this process."""
+_gc_began = [0.0]
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_began[0] = time.perf_counter()
+    else:
+        GC_PASSES.append((time.time(), info["generation"], time.perf_counter() - _gc_began[0]))
+
+
+gc.callbacks.append(_on_gc)
+
+
+def gc_result(since: float, until: float) -> dict[str, Any]:
+    """The collector's passes between two wall times: full ones, and the longest pause."""
+    passes = [(gen, seconds) for wall, gen, seconds in GC_PASSES if since <= wall <= until]
+    full = [seconds for gen, seconds in passes if gen == 2]
+    return {
+        "gc_passes": len(passes),
+        "gc_full_passes": len(full),
+        "gc_full_ms": sum(full) * 1e3,
+        "gc_longest_ms": max((seconds for _, seconds in passes), default=0.0) * 1e3,
+    }
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile of sorted ``values`` (``fraction`` in 0..1)."""
     if not values:
@@ -74,6 +101,10 @@ def fire_result(t0: float, n: int, first: Snapshot, last: Snapshot, window: int)
     starts = STARTS[first.runs : last.runs]
     lateness = sorted(start - (t0 + math.floor(start - t0 + 1e-5)) for start in starts)
     runs = len(starts)
+    # Every run from the very first fire (the warm-up's too): the first seconds after start.
+    from_first = sorted(
+        start - (t0 + math.floor(start - t0 + 1e-5)) for start in STARTS[: last.runs]
+    )
     return {
         "n": n,
         "window_s": window,
@@ -84,6 +115,9 @@ def fire_result(t0: float, n: int, first: Snapshot, last: Snapshot, window: int)
         "lateness_p50_ms": percentile(lateness, 0.50) * 1e3,
         "lateness_p99_ms": percentile(lateness, 0.99) * 1e3,
         "lateness_max_ms": (lateness[-1] if lateness else math.nan) * 1e3,
+        "lateness_p99_from_first_ms": percentile(from_first, 0.99) * 1e3,
+        # From the first fire (a pass that delays the first one ends just after it).
+        **gc_result(t0, last.wall),
     }
 
 

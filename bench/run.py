@@ -385,6 +385,23 @@ def rows(plan: Plan) -> list[Row]:
             Row(f"start lateness p50, N={n:,} (ms)", key, "lateness_p50_ms", _ms, "lower"),
             Row(f"start lateness p99, N={n:,} (ms)", key, "lateness_p99_ms", _ms, "lower"),
             Row(f"start lateness max, N={n:,} (ms)", key, "lateness_max_ms", _ms, "lower"),
+            Row(
+                f"start lateness p99 from the first fire, N={n:,} (ms)",
+                key,
+                "lateness_p99_from_first_ms",
+                _ms,
+                "lower",
+            ),
+            Row(
+                f"full GC passes from the first fire, N={n:,}", key, "gc_full_passes", _int, "lower"
+            ),
+            Row(
+                f"longest GC pause from the first fire, N={n:,} (ms)",
+                key,
+                "gc_longest_ms",
+                _ms,
+                "lower",
+            ),
         ]
     jobs, schedules, startup = plan.queued_jobs, plan.memory_schedules, plan.startup_jobs
     table += [

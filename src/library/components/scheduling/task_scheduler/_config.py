@@ -98,6 +98,13 @@ class SchedulerConfig(BaseModel):
         description="Finished runs kept per job, newest first (in the store's database on "
         "persistent stores, pruned now and then: never a scan per run).",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="While the scheduler runs, keep the objects alive when it started out of "
+        "the garbage collector's full passes (gc.freeze at start, gc.unfreeze at stop), so "
+        "that no long full pass delays a second's fires. Skipped when the app disabled the "
+        "collector or froze objects itself.",
+    )
     history_max_age: float = Field(
         7 * 86400.0,
         gt=0,

@@ -342,7 +342,8 @@ class TaskExecutor(JobExecutor):
             if grace is not None and self._missed(runtime, record, grace):
                 return
         self._hold(runtime, record)
-        await self._run_fire(runtime, record, str(job.id))
+        # The fire id is only read by the recorder (persistent stores): no str(UUID) else.
+        await self._run_fire(runtime, record, None if self._recorder is None else str(job.id))
 
     async def _run_queued(self, job: Job) -> None:
         """A run-now queued in the store from outside (``task-scheduler run``): run it here,
@@ -517,7 +518,10 @@ class TaskExecutor(JobExecutor):
             self._observer.started(record)
         try:
             if timeout is None:
-                await self._call(spec, runtime)
+                if spec.is_async and spec.dependencies is None:
+                    await spec.func(*spec.args, **spec.kwargs)  # _call's common case, inline
+                else:
+                    await self._call(spec, runtime)
             else:
                 with self._move_on_after(timeout) as scope:
                     await self._call(spec, runtime)
@@ -623,7 +627,7 @@ class TaskExecutor(JobExecutor):
         history = runtime.history
         if history is None:
             history = runtime.history = deque(maxlen=self.history_size)
-        history.appendleft(record)
+        history.appendleft(record.row())
         counts = runtime.counts
         if type(counts) is not list:  # still the shared zeros: never mutated, replaced
             counts = runtime.counts = list(counts)

@@ -169,7 +169,8 @@ class LocalHistory:
         records: list[RunRecord] = []
         for runtime in runtimes:
             records.extend(reversed(runtime.active))
-            records.extend(runtime.history or ())
+            if runtime.history:
+                records.extend(map(RunRecord.from_row, runtime.history))
         if outcome is not None:
             records = [record for record in records if record.outcome is outcome]
         if before is not None:

@@ -48,6 +48,7 @@ from ._clock import REAL_CLOCK, Clock, TimeKeeper
 from ._config import SchedulerConfig
 from ._errors import SchedulerStateError
 from ._executor import TaskExecutor
+from ._gcfreeze import freeze_heap
 from ._hooks import HookDispatcher
 from ._log import logger
 from ._models import SchedulerState, WorkerState
@@ -242,6 +243,10 @@ class Lifecycle:
             await task_group.start(
                 self._backend.serve_history, self.worker_status, name="task_scheduler history"
             )
+            if self._config.gc_freeze:
+                # What start built (and the app before it) stays out of full collections,
+                # until the scope closes (_gcfreeze).
+                stack.callback(freeze_heap())
         except BaseException:
             self.phase = Phase.stopped
             self.engine = None

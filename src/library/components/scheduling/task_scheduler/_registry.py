@@ -18,7 +18,7 @@ import anyio
 from ._errors import DuplicateJobError, JobNotFoundError
 from ._jobs import JOB_ID_MAX_LENGTH, JobSpec
 from ._models import RunCounts
-from ._runs import NO_COUNTS, RunRecord, run_counts
+from ._runs import NO_COUNTS, HistoryRow, RunRecord, run_counts
 
 _NO_RECORDS: tuple[RunRecord, ...] = ()
 
@@ -75,8 +75,9 @@ class JobRuntime:
 
     spec: JobSpec
     paused: bool = False
-    history: deque[RunRecord] | None = None
-    """Finished attempts, newest first; made at the first one (an idle job costs no deque)."""
+    history: deque[HistoryRow] | None = None
+    """Finished attempts, newest first, as rows (``RunRecord.from_row`` makes them records
+    again); made at the first one (an idle job costs no deque)."""
     running: int = 0
     """Fires in progress, including one waiting for its retry: they hold max_instances slots."""
     active: list[RunRecord] | tuple[RunRecord, ...] = _NO_RECORDS
