@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from library.components.scheduling.task_scheduler import (
+    JobNotFoundError,
     Outcome,
     RunInfo,
     SchedulerConfig,
@@ -311,6 +312,38 @@ async def test_a_job_added_by_another_process_runs_here_too(pg_url: str) -> None
     fires = [r.scheduled_at for r in here + there if r.outcome is Outcome.success]
     assert len(fires) == len(set(fires)) >= 8
     assert CALLS.count("hello eve!") == len(fires)
+
+
+async def test_a_job_another_process_added_is_managed_here_before_it_ever_ran_here(
+    pg_url: str,
+) -> None:
+    """Each worker answers for every job of the store: one added at run time by another
+    process is found here at once (it was a JobNotFoundError until a fire of it ran here)."""
+    adder = TaskScheduler(SchedulerConfig(store=pg_url))
+    other_process = TaskScheduler(SchedulerConfig(store=pg_url))
+    async with adder, other_process:
+        added = await adder.add_interval_job(greet, "greet", hours=1, args=["eve"])
+        job = await other_process.get_job("greet")
+        assert (job.id, job.trigger, job.next_run_time) == (
+            "greet",
+            added.trigger,
+            added.next_run_time,
+        )
+        assert [job.id for job in await other_process.get_jobs()] == ["greet"]
+        assert await other_process.get_runs("greet") == []
+        assert (await other_process.pause_job("greet")).paused
+        assert (await adder.get_job("greet")).paused
+        assert not (await other_process.resume_job("greet")).paused
+        run = await other_process.run_job("greet")
+        assert run.outcome is Outcome.success and CALLS == ["hello eve!"]
+        with anyio.fail_after(5):  # the history is written every 0.2 s
+            while [r.run_id for r in await adder.get_runs("greet")] != [run.run_id]:
+                await anyio.sleep(0.05)
+        assert len(await other_process.preview("greet", 3)) == 3
+        await other_process.remove_job("greet")
+        assert await other_process.get_jobs() == []
+    with pytest.raises(JobNotFoundError):
+        await other_process.get_job("nothing-like-it")
 
 
 async def test_sql_stores_recover_from_a_dead_process_within_short_leases(store: str) -> None:

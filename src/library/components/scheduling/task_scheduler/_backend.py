@@ -77,6 +77,10 @@ class Backend(Protocol):
     def adopt(self, job: Job) -> JobRuntime | None:
         """The job of a fire nobody here declared (another process added it), or None."""
 
+    def adopt_schedule(self, schedule: Schedule) -> JobRuntime | None:
+        """The job of a schedule in the store that nobody here declared (another process
+        added it at run time, since this one started), or None."""
+
     async def open(
         self,
         exit_stack: AsyncExitStack,
@@ -257,6 +261,9 @@ class MemoryBackend(_EngineBackend):
 
     def adopt(self, job: Job) -> JobRuntime | None:
         return None  # one process: every job is declared or added here
+
+    def adopt_schedule(self, schedule: Schedule) -> JobRuntime | None:
+        return None
 
     async def open(
         self,
@@ -456,12 +463,20 @@ class SQLBackend(_EngineBackend):
 
     def adopt(self, job: Job) -> JobRuntime | None:
         """Take over a job another process added at run time, from its fire's metadata."""
-        data = stored_definition(job)
-        if data is None or job.task_id in self._registry:
+        return self._adopt(job.task_id, stored_definition(job), paused=False)
+
+    def adopt_schedule(self, schedule: Schedule) -> JobRuntime | None:
+        """Take over a job another process added at run time, from its schedule."""
+        return self._adopt(schedule.id, stored_definition(schedule), paused=schedule.paused)
+
+    def _adopt(
+        self, job_id: str, data: dict[str, Any] | None, *, paused: bool
+    ) -> JobRuntime | None:
+        if data is None or job_id in self._registry:
             return None
         if namespace_of(data) != self._namespace:
             return None  # another app's job, on a store both share
-        return self._load(job.task_id, data, paused=False)
+        return self._load(job_id, data, paused=paused)
 
     async def _remove(self, engine: AsyncScheduler, job_id: str) -> None:
         await engine.remove_schedule(job_id)

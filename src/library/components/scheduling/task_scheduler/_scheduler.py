@@ -31,6 +31,7 @@ from ._errors import (
     DuplicateJobError,
     InvalidTypeError,
     InvalidValueError,
+    JobNotFoundError,
     MissingDependencyError,
     SchedulerStateError,
 )
@@ -305,7 +306,7 @@ class TaskScheduler:
 
     async def pause_job(self, job_id: str) -> JobInfo:
         """Stop firing the job until :meth:`resume_job`; a run in progress goes on."""
-        runtime = self._registry[job_id]
+        runtime = await self._runtime(job_id)
         await self._refresh_paused([runtime])
         if not runtime.paused:
             runtime.paused = True
@@ -320,7 +321,7 @@ class TaskScheduler:
 
     async def resume_job(self, job_id: str) -> JobInfo:
         """Fire the job again, from now on: fires missed while paused are not run."""
-        runtime = self._registry[job_id]
+        runtime = await self._runtime(job_id)
         await self._refresh_paused([runtime])
         if runtime.paused:
             runtime.paused = False
@@ -352,6 +353,36 @@ class TaskScheduler:
             if schedule is not None:
                 runtime.paused = schedule.paused
 
+    async def _runtime(self, job_id: str) -> JobRuntime:
+        """The job with this id: declared or added here or, on a shared store, added at run
+        time by another process since this one started (taken from its schedule in the
+        store); :class:`JobNotFoundError` if there is none."""
+        try:
+            return self._registry[job_id]
+        except JobNotFoundError:
+            adopted = await self._adopt({job_id})
+            if job_id not in adopted:
+                raise
+            return adopted[job_id]
+
+    async def _adopt(
+        self, ids: set[str] | None, schedules: dict[str, Schedule] | None = None
+    ) -> dict[str, JobRuntime]:
+        """Register the jobs of the store's schedules (of ``ids``, or all) that another
+        process added at run time; ``schedules``: those already read."""
+        engine = self._lifecycle.live_engine
+        if engine is None:
+            return {}
+        if schedules is None:
+            schedules = await self._backend.schedules(engine, ids)
+        adopted: dict[str, JobRuntime] = {}
+        for job_id, schedule in schedules.items():
+            if job_id not in self._registry:
+                runtime = self._backend.adopt_schedule(schedule)
+                if runtime is not None:
+                    adopted[job_id] = runtime
+        return adopted
+
     async def remove_job(self, job_id: str) -> None:
         """Remove the job; a run in progress is allowed to finish."""
         engine = self._lifecycle.live_engine
@@ -359,14 +390,14 @@ class TaskScheduler:
             if engine is not None:  # a row of the store that cannot be loaded: not registered
                 await self._backend.remove(engine, job_id)
             return
-        self._registry[job_id]
+        await self._runtime(job_id)
         if engine is not None:
             await self._backend.remove(engine, job_id)
         self._registry.remove(job_id)
 
     async def get_job(self, job_id: str) -> JobInfo:
         """The job with this id; :class:`JobNotFoundError` if there is none."""
-        runtime = self._registry[job_id]
+        runtime = await self._runtime(job_id)
         schedule: Schedule | None = None
         engine = self._lifecycle.live_engine
         if engine is not None and job_id not in self._registry.finished:
@@ -381,6 +412,7 @@ class TaskScheduler:
         engine = self._lifecycle.live_engine
         if engine is not None:
             schedules = await self._backend.schedules(engine)
+            await self._adopt(None, schedules)  # added at run time by another process
         runtimes = list(self._registry)
         self._take_paused(runtimes, schedules)
         facts = await self._history().facts(runtimes)
@@ -409,7 +441,7 @@ class TaskScheduler:
         """
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1000:
             raise InvalidValueError(f"count must be an integer from 1 to 1000, got {count!r}")
-        runtime = self._registry[job_id]
+        runtime = await self._runtime(job_id)
         spec = runtime.spec
         if job_id in self._registry.finished:
             return []
@@ -454,7 +486,7 @@ class TaskScheduler:
         page gives the next page. At most ``limit`` (1 to 1000).
         """
         if job_id is not None:
-            self._registry[job_id]
+            await self._runtime(job_id)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise InvalidValueError(f"limit must be an integer from 1 to 1000, got {limit!r}")
         if outcome is not None and not isinstance(outcome, Outcome):
@@ -480,7 +512,7 @@ class TaskScheduler:
         With ``wait=True`` returns the fire's final attempt; with ``wait=False``, at once,
         the in-progress first attempt. A fire at the ``max_instances`` limit is ``skipped``.
         """
-        self._registry[job_id]
+        await self._runtime(job_id)
         task_group = self._lifecycle.task_group
         if task_group is None or self._lifecycle.live_engine is None:
             raise SchedulerStateError(
