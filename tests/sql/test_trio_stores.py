@@ -8,9 +8,12 @@ test_rolling_restart_of_all_processes_keeps_fires_once_and_pauses[trio].
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import anyio
 import psycopg
@@ -137,3 +140,25 @@ async def test_a_wake_up_sent_to_a_frozen_server_gives_up_as_a_statement_does(
             took = time.monotonic() - start
     assert took < STATEMENT_TIMEOUT + 5, took
     assert "could not wake peers (TaskAdded)" in caplog.text
+
+
+def test_sqlite_on_trio_needs_no_psycopg(tmp_path: Path) -> None:
+    """The sqlite extra has no psycopg: the store on threads must not import it for SQLite
+    (it did, for PostgreSQL's statement bound: ModuleNotFoundError at start)."""
+    program = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None  # not installed\n"
+        "import trio\n"
+        "from library.components.scheduling.task_scheduler import SchedulerConfig, TaskScheduler\n"
+        f"scheduler = TaskScheduler(SchedulerConfig(store={f'sqlite:///{tmp_path}/jobs.db'!r}))\n"
+        "@scheduler.interval(hours=1, id='tick')\n"
+        "async def tick(): pass\n"
+        "async def main():\n"
+        "    async with scheduler:\n"
+        "        print((await scheduler.run_job('tick')).outcome.value)\n"
+        "trio.run(main)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "success"), done.stderr

@@ -39,10 +39,9 @@ import socket
 import threading
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import attrs
-import psycopg
 from anyio import (
     CancelScope,
     CapacityLimiter,
@@ -59,6 +58,9 @@ from sqlalchemy.sql import Executable
 
 from .leases import STATEMENT_TIMEOUT
 from .sqlstore import LIVENESS_LOCK_CLASS, LIVENESS_LOCK_SQL, SQLStore
+
+if TYPE_CHECKING:  # the postgres extra: SQLite on trio runs without psycopg
+    import psycopg
 
 T = TypeVar("T")
 
@@ -143,15 +145,18 @@ async def call_bounded(call: SessionCall[T], limiter: CapacityLimiter | None) ->
 
 def session_of(conn: Connection) -> psycopg.Connection[Any] | None:
     """The psycopg connection under ``conn``, if it has a live one (no reconnect)."""
-    if conn.closed or conn.invalidated:
+    if conn.closed or conn.invalidated or conn.dialect.name != "postgresql":
         return None
-    driver = conn.connection.driver_connection
-    return driver if isinstance(driver, psycopg.Connection) else None
+    # PostgreSQL on threads is psycopg's (open_sql_store); not imported here, as SQLite
+    # on trio needs no psycopg.
+    return cast("psycopg.Connection[Any]", conn.connection.driver_connection)
 
 
 def _shut_down(driver: psycopg.Connection[Any]) -> None:
     """End the session's socket under the thread using it: its wait returns, its statement
     fails as a lost connection (safe across threads, unlike closing the connection)."""
+    import psycopg
+
     try:
         fd = driver.pgconn.socket
     except psycopg.Error:
@@ -175,6 +180,8 @@ def _session_ended(driver: psycopg.Connection[Any]) -> bool:
     """Whether an idle session was closed by its server: a terminated backend says so and
     closes the socket; anything else an idle session may receive (a parameter's new value)
     is consumed. Never blocks: libpq's socket is non-blocking."""
+    import psycopg
+
     if driver.closed or driver.broken:
         return True
     try:
