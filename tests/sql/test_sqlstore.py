@@ -602,11 +602,12 @@ async def test_a_coalescing_schedules_new_fire_supersedes_its_unstarted_queued_o
         [schedule] = await store.acquire_schedules("me", LEASE, 10)  # the batch in hand
         first = fire(at=now().replace(microsecond=0) - timedelta(seconds=2))
         await store.add_job(first)
+        await store.release_schedules("me", [])  # a batch's fires are written at its release
         assert [job.id for job in await store.get_jobs()] == [first.id]
-        await store.release_schedules("me", [])
         await store.acquire_schedules("me", LEASE, 10)  # the next batch
         second = fire(at=now().replace(microsecond=0))
         await store.add_job(second)
+        await store.release_schedules("me", [])
         queued = [job.id for job in await store.get_jobs()]
     assert schedule.coalesce is CoalescePolicy.latest
     assert queued == [second.id]
