@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import uuid4
 
 import anyio
 import attrs
@@ -23,6 +24,7 @@ from apscheduler import (
     JobOutcome,
     JobResult,
     Schedule,
+    ScheduleResult,
     ScheduleUpdated,
     Task,
 )
@@ -239,6 +241,73 @@ async def test_a_running_slot_comes_back_exactly_once(url: str) -> None:
         assert await running_jobs(store) == 1
         await release(store, "worker-a", held)
         assert await running_jobs(store) == 0
+
+
+async def test_runs_that_end_together_are_each_released_once(url: str) -> None:
+    """Releases of runs that end together are written in one transaction: each job leaves
+    the queue, each slot comes back once (twice the same release: once), and a cancelled
+    release is written at stop at the latest, never requeued."""
+    async with open_store(url) as store:
+        await add_task(store, limit=10)
+        for second in range(6):
+            await store.add_job(fire(at=now().replace(microsecond=0) + timedelta(seconds=second)))
+        jobs = await acquire(store, "me")
+        assert len(jobs) == 6 and await running_jobs(store) == 6
+        *together, last = jobs
+        async with anyio.create_task_group() as tg:
+            for job in [*together, together[0]]:  # the first one twice
+                tg.start_soon(release, store, "me", job)
+        assert await running_jobs(store) == 1
+        assert [job.id for job in await store.get_jobs()] == [last.id]
+        with anyio.CancelScope() as stop:
+            stop.cancel()  # the engine's stop: written now or owed, never lost
+            await release(store, "me", last)
+        assert await store.release_claims("me") == 0, "not requeued"
+        assert await store.get_jobs() == []
+        assert await running_jobs(store) == 0
+
+
+async def test_a_batchs_fires_are_enqueued_with_its_release(url: str) -> None:
+    """The fires of a batch of schedules are written with the schedules' advance, in one
+    transaction: a fire is then never in the queue while its schedule still points at it."""
+    notices = Notices()
+    async with open_store(url, notices) as store:
+        await add_task(store, "a", limit=None)
+        await add_task(store, "b", limit=1)
+        await add_schedule(store, "a")
+        await add_schedule(store, "b")
+        await store.add_job(fire("b", at=now() - timedelta(hours=1)))
+        await acquire(store, "other")  # b runs elsewhere: at its max_instances
+        batch = await store.acquire_schedules("me", LEASE, 10)
+        assert sorted(schedule.id for schedule in batch) == ["a", "b"]
+        fires = [fire(schedule.id, at=schedule.next_fire_time) for schedule in batch]
+        for job in fires:
+            await store.add_job(job)
+        assert [job.schedule_id for job in await store.get_jobs()] == ["b"], "not yet"
+        results = [
+            ScheduleResult(
+                schedule_id=schedule.id,
+                task_id=schedule.task_id,
+                trigger=schedule.trigger,
+                last_fire_time=schedule.next_fire_time,
+                next_fire_time=schedule.trigger.next(),
+            )
+            for schedule in batch
+        ]
+        await store.release_schedules("me", results)
+        queued = {job.id for job in await store.get_jobs() if job.acquired_by is None}
+        advanced = {s.id: s for s in await store.get_schedules()}
+        await store.acquire_schedules("me", LEASE, 10)  # the same fires, once more
+        for job in fires:
+            await store.add_job(attrs.evolve(job, id=uuid4()))
+        await store.release_schedules("me", [])
+        again = {job.id for job in await store.get_jobs() if job.acquired_by is None}
+    by_schedule = {job.schedule_id: job for job in fires}
+    assert queued == again == {by_schedule["a"].id}
+    assert [(job.schedule_id, running) for job, running in notices.skipped_fires] == [("b", 1)]
+    for schedule in batch:
+        assert advanced[schedule.id].acquired_by is None
+        assert advanced[schedule.id].last_fire_time == schedule.next_fire_time
 
 
 async def test_jobs_whose_lease_ran_out_are_abandoned_once_and_free_their_slot(

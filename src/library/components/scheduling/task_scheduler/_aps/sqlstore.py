@@ -1372,33 +1372,27 @@ class SQLStore(SQLAlchemyDataStore):
             return [], [], []
         fired, tasks, jobs = self._t_fired, self._t_tasks, self._t_jobs
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        new: set[tuple[str, Any]] = set()
+        fresh: list[Job] = []
+        again: list[Job] = []
         for start in range(0, len(fires), FIRES_PER_STATEMENT):
             chunk = fires[start : start + FIRES_PER_STATEMENT]
-            rows = [
-                {
-                    "schedule_id": job.schedule_id,
-                    "fire_time": self._fire_time_value(cast(datetime, job.scheduled_fire_time)),
-                }
+            keys = [
+                (job.schedule_id, self._fire_time_value(cast(datetime, job.scheduled_fire_time)))
                 for job in chunk
             ]
             record = (
                 dialect.insert(fired)
-                .values(rows)
+                .values([{"schedule_id": key[0], "fire_time": key[1]} for key in keys])
                 .on_conflict_do_nothing()
                 .returning(fired.c.schedule_id, fired.c.fire_time)
             )
-            new.update(
-                (row.schedule_id, row.fire_time) for row in await self._execute(conn, record)
-            )
-        fresh = [
-            job
-            for job in fires
-            if (job.schedule_id, self._fire_time_value(cast(datetime, job.scheduled_fire_time)))
-            in new
-        ]
-        kept = {id(job) for job in fresh}
-        again = [job for job in fires if id(job) not in kept]
+            inserted = (await self._execute(conn, record)).all()
+            if len(inserted) == len(chunk):  # the usual case: every fire is new
+                fresh.extend(chunk)
+                continue
+            new = {(row.schedule_id, _as_utc(row.fire_time)) for row in inserted}
+            for job, key in zip(chunk, keys, strict=True):
+                (fresh if key in new else again).append(job)
         if not fresh:
             return [], [], again
         task_ids = list({job.task_id for job in fresh})
@@ -1580,6 +1574,14 @@ class SQLStore(SQLAlchemyDataStore):
                 )
             )
         return len(ids)
+
+
+def _as_utc(value: Any) -> Any:
+    """A fire time as read back from the ledger: asyncpg returns the earliest timestamps
+    (year 1) without their zone, which is UTC."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def _reason(exc: BaseException) -> str:
