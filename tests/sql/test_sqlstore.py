@@ -351,6 +351,40 @@ async def test_a_swept_job_leaves_its_result_as_the_stock_cleanup_does(url: str)
     assert result is not None and result.outcome is JobOutcome.abandoned
 
 
+async def test_a_dead_processs_run_that_cannot_load_stays_cleared_after_a_racing_sweep(
+    url: str,
+) -> None:
+    """The sweep reads the runs of dead processes; the job loop took this one (it cannot
+    load) and deleted it while the sweep's read was on its way back: the stale read put it
+    back in status for good (a flaky test_bad_rows: ``unloadable_jobs`` never emptied)."""
+    async with open_store(url) as dying:
+        await add_task(dying, "bad", limit=1)
+        await dying.add_job(Job(task_id="bad", executor="x"))
+        [job] = await acquire(dying, "dying")
+        await dying.extend_acquired_job_leases("dying", {job.id}, timedelta(seconds=-1))
+        jobs = dying._t_jobs
+        async with dying._begin_transaction() as conn:  # corrupted: its args no longer load
+            await dying._execute(conn, jobs.update().values(args=b"not json{"))
+    async with open_store(url) as survivor:
+        read = survivor._deserialize_jobs
+        taken: list[list[Job]] = []
+
+        async def read_late(result: Any) -> list[Job]:
+            rows = list(result)  # the sweep's read, before the job loop took the run
+            if not taken:
+                taken.append(await survivor.acquire_jobs("survivor", LEASE))
+                assert survivor.unloadable == {}, "taken, could not load, released"
+            found: list[Job] = await read(rows)
+            return found
+
+        survivor._deserialize_jobs = read_late  # type: ignore[method-assign]
+        await acquire(survivor, "survivor")  # sweeps
+        assert taken == [[]]
+        assert survivor.unloadable == {}
+        async with survivor._begin_transaction() as conn:
+            assert (await survivor._execute(conn, jobs.select())).all() == []
+
+
 async def test_jobs_of_a_process_that_is_gone_are_abandoned_within_a_grace(pg_url: str) -> None:
     """Its PostgreSQL session ended with it: no need to wait out its lease (10 s) - only
     HOLDER_GRACE, as one look at a missing lock may be a live process's blip."""

@@ -275,6 +275,9 @@ class SQLStore(SQLAlchemyDataStore):
     """Job ids with a schedule or queued fire row this store cannot load, and why."""
     _reported: set[str] = attrs.field(init=False, factory=set)
     """Rows (schedule ids, fire uuids) already logged as unloadable: each once."""
+    _deleted_rows: set[str] = attrs.field(init=False, factory=set)
+    """Fire rows that could not load and were deleted here (a dead process's runs): a read
+    from before their deletion (the sweep's, racing the job loop) reports them no more."""
 
     # -- the ledger of enqueued fires ------------------------------------------------
 
@@ -412,8 +415,11 @@ class SQLStore(SQLAlchemyDataStore):
         and, while it stays in the store (``kept``), report its job in status."""
         reason = _reason(exc)
         if kept:
+            if str(row_id) in self._deleted_rows:
+                return  # read before it was deleted (see _deleted_rows)
             self.unloadable[job_id] = reason
         else:
+            self._deleted_rows.add(str(row_id))
             self.unloadable.pop(job_id, None)
         if str(row_id) in self._reported:
             return
@@ -943,6 +949,7 @@ class SQLStore(SQLAlchemyDataStore):
         if self._reported:
             for row in deleted:
                 if str(row.id) in self._reported:  # a dead process's run that could not load
+                    self._deleted_rows.add(str(row.id))
                     self.unloadable.pop(row.task_id, None)
         return [
             JobReleased.from_result(
@@ -1006,7 +1013,8 @@ class SQLStore(SQLAlchemyDataStore):
         if row is not None and row.acquired_by is not None:
             await self._give_back_slot(conn, task_id)
         if self._reported and row is not None and str(result.job_id) in self._reported:
-            self.unloadable.pop(task_id, None)  # a dead process's run that could not load
+            self._deleted_rows.add(str(result.job_id))  # a dead process's run that could not load
+            self.unloadable.pop(task_id, None)
         return JobReleased.from_result(
             result, scheduler_id, task_id, schedule_id, scheduled_fire_time
         )
