@@ -351,6 +351,39 @@ async def test_a_swept_job_leaves_its_result_as_the_stock_cleanup_does(url: str)
     assert result is not None and result.outcome is JobOutcome.abandoned
 
 
+async def test_a_fire_deleted_while_it_is_being_acquired_is_not_run_nor_holds_a_slot(
+    tmp_path: Any,
+) -> None:
+    """SQLite: 4.0.0a6's acquire_jobs reads the queue before its write transaction; a fire
+    a coalescing fire superseded in between was returned (run after all) and its task's
+    running count kept for good: every later fire of the job was skipped (a flaky
+    test_bad_rows: the good job stopped running). PostgreSQL's row locks keep it out."""
+    async with open_store(f"sqlite:///{tmp_path}/jobs.db") as store:
+        await add_task(store, limit=1)
+        await store.add_job(fire())
+        [queued] = await store.get_jobs()
+        jobs = store._t_jobs
+        execute = store._execute
+        superseded: list[bool] = []
+
+        async def supersede_first(conn: Any, statement: Any, *args: Any) -> Any:
+            update = getattr(statement, "is_update", False)
+            if update and not superseded and getattr(statement, "table", None) is jobs:
+                superseded.append(True)  # the acquire read the fire; now it is superseded
+                async with store._begin_transaction() as other:
+                    await execute(other, jobs.delete().where(jobs.c.id == queued.id))
+            return await execute(conn, statement, *args)
+
+        store._execute = supersede_first  # type: ignore[method-assign]
+        taken = await store.acquire_jobs("me", LEASE)
+        store._execute = execute  # type: ignore[method-assign]
+        assert superseded
+        assert taken == []
+        assert await running_jobs(store) == 0
+        await store.add_job(fire(at=now() + timedelta(seconds=1)))
+        assert len(await acquire(store, "me")) == 1, "its slot is free"
+
+
 async def test_a_dead_processs_run_that_cannot_load_stays_cleared_after_a_racing_sweep(
     url: str,
 ) -> None:

@@ -751,9 +751,33 @@ class SQLStore(SQLAlchemyDataStore):
             if not await self._park_unloadable_jobs():
                 raise
             jobs = await super().acquire_jobs(scheduler_id, lease_duration, limit)
+        if jobs and self._engine.dialect.name != "postgresql":
+            jobs = await self._drop_vanished(scheduler_id, jobs)
         self._mine.update(job.id for job in jobs)
         await self._fetch_tasks_of(jobs)
         return jobs
+
+    async def _drop_vanished(self, scheduler_id: str, jobs: list[Job]) -> list[Job]:
+        """SQLite: drop the jobs 4.0.0a6's ``acquire_jobs`` returned but did not take.
+
+        It reads the queue before its write transaction begins (SQLite has no row locks):
+        a fire deleted in between - superseded by a coalescing fire of the batch being
+        written - is returned all the same (run after all), and its task's running count
+        incremented for a row no release ever deletes. That slot never came back: every
+        later fire of a max_instances task was skipped ("1 run(s) in progress across
+        processes") until the next start. (PostgreSQL: the read locks the rows.)
+        """
+        jobs_table = self._t_jobs
+        query = select(jobs_table.c.id).where(
+            jobs_table.c.id.in_([job.id for job in jobs]),
+            jobs_table.c.acquired_by == scheduler_id,
+        )
+        async with self._begin_transaction() as conn:
+            held = {row.id for row in await self._execute(conn, query)}
+            vanished = [job for job in jobs if job.id not in held]
+            for job in vanished:
+                await self._give_back_slot(conn, job.task_id)
+        return [job for job in jobs if job.id in held] if vanished else jobs
 
     async def _fetch_tasks_of(self, jobs: Sequence[Job]) -> None:
         """Read the tasks of the jobs just acquired, in one query, for the job loop.
