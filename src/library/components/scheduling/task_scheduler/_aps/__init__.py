@@ -242,8 +242,18 @@ could not deserialize
             test_a_next_fire_time_past_year_9999_does_not_stall_the_other_schedules
             test_bad_rows.py::
             test_a_run_of_a_dead_process_that_cannot_load_does_not_crash_the_sweep
+            test_sqlstore.py::
+            test_a_dead_processs_run_that_cannot_load_stays_cleared_after_a_racing_sweep
+            (the sweep's read of such a run, racing the job loop that released it, no
+            longer lists it again: SQLStore._deleted_rows)
     not closed: on PostgreSQL, a timestamp outside years 1..9999 (only SQL can write one)
             fails in asyncpg for every query that reads its row
+SQLite: ``acquire_jobs`` reads the queue before its write transaction (no row locks): a fire
+deleted in between (superseded by a coalescing fire) was returned and run, and its task's
+running count kept for good - every later fire of a max_instances job was skipped
+    closed: _aps.sqlstore:SQLStore._drop_vanished (called by SQLStore.acquire_jobs)
+    test:   test_sqlstore.py::
+            test_a_fire_deleted_while_it_is_being_acquired_is_not_run_nor_holds_a_slot
 ``_begin_transaction`` shields the whole transaction: with a server that stops answering on
 open connections, every store call (the management API's too) hung for good
     closed: _aps.leases:STATEMENT_TIMEOUT, set by _aps.stores:open_sql_store (asyncpg's
