@@ -45,11 +45,18 @@ HISTORY_MARGIN = 10
 history then holds every fire from the window on."""
 
 
+RAW_APS4 = False
+"""Whether this process runs raw APScheduler 4 (every schedule then shares one task: the job
+is told by its schedule id; ours has a task per job, named after it)."""
+
+
 async def job() -> None:
     """The job every schedule runs: note which fire of which job started, and when."""
     started = time.time()
-    fire = current_job.get().scheduled_fire_time
-    RUNS.append((current_job.get().task_id, fire.timestamp() if fire else math.nan, started))
+    running = current_job.get()
+    fire = running.scheduled_fire_time
+    job_id = running.schedule_id if RAW_APS4 else running.task_id
+    RUNS.append((str(job_id), fire.timestamp() if fire else math.nan, started))
 
 
 def utc(wall: float) -> datetime:
@@ -113,10 +120,83 @@ async def measure_async(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def measure_aps4(params: dict[str, Any]) -> dict[str, Any]:
+    """The same cell on raw APScheduler 4.0.0a6: an ``AsyncScheduler`` on its own
+    ``SQLAlchemyDataStore`` and ``AsyncpgEventBroker`` in the cell's schema, the same ``n``
+    interval schedules (coalescing, as ours by default), the same job. No run history."""
+    import sniffio
+    from apscheduler import AsyncScheduler, CoalescePolicy, ConflictPolicy
+    from apscheduler.datastores.sqlalchemy import SQLAlchemyDataStore
+    from apscheduler.eventbrokers.asyncpg import AsyncpgEventBroker
+    from apscheduler.triggers.interval import IntervalTrigger
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    n, t0 = params["n"], params["t0"]
+    window, tail = params["window"], params["tail"]
+    url, _, query = params["store"].partition("?schema=")
+    engine = create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    store = SQLAlchemyDataStore(engine, schema=query)
+    # As a user of 4.0.0a6 under plain asyncio must (see our _aps/stores.py): with sniffio
+    # installed, its broker drops every NOTIFY unless the library is named.
+    sniffio.current_async_library_cvar.set("asyncio")
+    broker = AsyncpgEventBroker.from_async_sqla_engine(engine, channel=f"aps4_{query}")
+    begin = time.time()
+    async with engine.connect() as lock:
+        # 4.0.0a6's processes race in create_all on an empty schema (one dies): the bench,
+        # not the scheduler, starts them one at a time (our store serializes it itself).
+        await lock.execute(text("SELECT pg_advisory_lock(8675309)"))
+        scheduler = AsyncScheduler(store, broker)
+        await scheduler.__aenter__()
+        try:
+            for index in range(n):
+                await scheduler.add_schedule(
+                    job,
+                    IntervalTrigger(seconds=1, start_time=utc(t0)),
+                    id=f"j{index}",
+                    coalesce=CoalescePolicy.latest,
+                    conflict_policy=ConflictPolicy.do_nothing,
+                )
+            await scheduler.start_in_background()
+        finally:
+            await lock.execute(text("SELECT pg_advisory_unlock(8675309)"))
+    try:
+        ready = time.time()
+        print("ready", flush=True)
+        window_open = float(await anyio.to_thread.run_sync(sys.stdin.readline))
+        window_close = window_open + window
+        await anyio.sleep(seconds_until(window_open - BOUNDARY_LEAD))
+        cpu_first, wall_first = time.process_time(), time.time()
+        await anyio.sleep(seconds_until(window_close - BOUNDARY_LEAD))
+        cpu_last, wall_last = time.process_time(), time.time()
+        await anyio.sleep(seconds_until(window_close + tail))
+        stopping = time.time()
+    finally:
+        await scheduler.__aexit__(None, None, None)
+        await engine.dispose()
+    stopped = time.time()
+    return {
+        "pid": os.getpid(),
+        "start_s": ready - begin,
+        "ready_at": ready,
+        "stop_s": stopped - stopping,
+        "window_first": {"cpu": cpu_first, "wall": wall_first},
+        "window_last": {"cpu": cpu_last, "wall": wall_last},
+        "worker_id": None,
+        "outcomes": {},
+        "history_mismatches": 0,
+        "runs": RUNS,
+    }
+
+
 def measure(params: dict[str, Any]) -> dict[str, Any]:
     # Warnings and errors of the library go to stderr, where pg.py counts them.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if params.get("loop", "asyncio") == "trio":
+    if params.get("target", "ours") == "aps4":
+        global RAW_APS4
+        RAW_APS4 = True
+        result = asyncio.run(measure_aps4(params))
+    elif params.get("loop", "asyncio") == "trio":
         import trio
 
         result = trio.run(measure_async, params)

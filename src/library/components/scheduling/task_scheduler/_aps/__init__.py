@@ -55,7 +55,8 @@ trap 6: a crash of the engine's loops stops it for good
 trap 7: ``max_running_jobs`` queues fires instead of skipping them
     closed: _executor:TaskExecutor.run_job (skip at max_instances, recorded ``skipped``);
             _backend:MemoryBackend.install_all (engine limit off); across processes
-            _aps.sqlstore:SQLStore.add_job (a fire due at the limit is not enqueued)
+            _aps.sqlstore:SQLStore.add_job and SQLStore._enqueue_fires (a fire due at the
+            limit is not enqueued)
     tests:  test_executor.py::test_max_instances_skips_fires_instead_of_queueing
             test_sqlstore.py::test_a_fire_due_while_max_instances_run_anywhere_is_skipped
             test_sqlstore.py::test_max_instances_is_a_limit_across_processes
@@ -157,9 +158,11 @@ a dead process's schedules are invisible to ``get_next_schedule_run_time``
     tests:  test_sqlstore.py::test_release_claims_gives_back_unstarted_jobs_and_schedules
             test_sqlstore.py::test_a_draining_process_leaves_new_fires_to_the_others
 a fire is enqueued twice when a process dies before its schedule is advanced
-    closed: _aps.sqlstore:SQLStore.add_job (a ledger row per fire, in the job's transaction);
-            SQLStore._prune_fired
+    closed: _aps.sqlstore:SQLStore.add_job (a ledger row per fire, in the job's transaction;
+            a batch's fires in the transaction that advances its schedules:
+            SQLStore.release_schedules, SQLStore._enqueue_fires); SQLStore._prune_fired
     tests:  test_sqlstore.py::test_a_fire_is_enqueued_once_even_if_its_schedule_was_not_advanced
+            test_sqlstore.py::test_a_batchs_fires_are_enqueued_with_its_release
             test_sqlstore.py::test_the_ledger_forgets_fires_its_schedule_moved_past
 the SQL store refuses trio (its ``start()`` checks for asyncio, although it drives a
 synchronous engine through anyio's threads, which trio runs), and those thread calls share
@@ -202,7 +205,8 @@ a decorator runs before its module binds the name ("importable by name" only at 
 
 coalescing covers only the fires one batch finds due: fires left queued unstarted (by a
 stopping process) ran besides the backlog's catch-up run after a restart
-    closed: _aps.sqlstore:SQLStore._coalesce_queue (a new fire supersedes queued ones) and
+    closed: _aps.sqlstore:SQLStore._coalesce_queue and SQLStore._enqueue_fires (a new fire
+            supersedes queued ones) and
             SQLStore._drop_superseded_fires (at start, before the engine's loops)
     tests:  test_sqlstore.py::
             test_a_coalescing_schedules_new_fire_supersedes_its_unstarted_queued_ones
@@ -238,8 +242,18 @@ could not deserialize
             test_a_next_fire_time_past_year_9999_does_not_stall_the_other_schedules
             test_bad_rows.py::
             test_a_run_of_a_dead_process_that_cannot_load_does_not_crash_the_sweep
+            test_sqlstore.py::
+            test_a_dead_processs_run_that_cannot_load_stays_cleared_after_a_racing_sweep
+            (the sweep's read of such a run, racing the job loop that released it, no
+            longer lists it again: SQLStore._deleted_rows)
     not closed: on PostgreSQL, a timestamp outside years 1..9999 (only SQL can write one)
             fails in asyncpg for every query that reads its row
+SQLite: ``acquire_jobs`` reads the queue before its write transaction (no row locks): a fire
+deleted in between (superseded by a coalescing fire) was returned and run, and its task's
+running count kept for good - every later fire of a max_instances job was skipped
+    closed: _aps.sqlstore:SQLStore._drop_vanished (called by SQLStore.acquire_jobs)
+    test:   test_sqlstore.py::
+            test_a_fire_deleted_while_it_is_being_acquired_is_not_run_nor_holds_a_slot
 ``_begin_transaction`` shields the whole transaction: with a server that stops answering on
 open connections, every store call (the management API's too) hung for good
     closed: _aps.leases:STATEMENT_TIMEOUT, set by _aps.stores:open_sql_store (asyncpg's
