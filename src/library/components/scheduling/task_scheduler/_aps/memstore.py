@@ -234,6 +234,10 @@ class MemoryStore(BaseDataStore):
         """Make ``schedule`` the current one for its id; in its fire time's slot if it can
         fire."""
         self._schedules[schedule.id] = schedule
+        self._slot(schedule)
+
+    def _slot(self, schedule: Schedule) -> None:
+        """Put the current ``schedule`` in its fire time's slot, if it can fire."""
         fire_time = schedule.next_fire_time
         if fire_time is not None and not schedule.paused:
             slot = self._slots.get(fire_time)
@@ -389,7 +393,7 @@ class MemoryStore(BaseDataStore):
             _set_time(schedule, "next_fire_time", next_fire_time)
         _set(schedule, "acquired_by", None)
         _set(schedule, "acquired_until", None)
-        self._enter(schedule)
+        self._slot(schedule)  # (it is the current one for its id already)
         return schedule
 
     async def get_next_schedule_run_time(self) -> datetime | None:
