@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import UUID
 
 import anyio
 import attrs
@@ -207,13 +209,29 @@ def test_jobs_built_directly_equal_jobs_built_by_attrs() -> None:
     assert ours.original_scheduled_time == fire - timedelta(seconds=1)
 
 
-def test_job_ids_are_random_version_4_uuids() -> None:
+def test_job_ids_are_unique_version_4_uuids() -> None:
     ids = [_uuid4() for _ in range(5000)]
     assert len(set(ids)) == 5000
+    assert len({uuid.int >> 64 for uuid in ids}) == 1  # this process's prefix, and a counter
     assert {uuid.version for uuid in ids} == {4}
     assert {uuid.variant for uuid in ids} == {ids[0].variant} and "RFC" in ids[0].variant
     assert str(ids[0]) == str(type(ids[0])(str(ids[0])))
     assert hash(ids[0]) == hash(type(ids[0])(str(ids[0])))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_process_draws_its_own_job_id_prefix() -> None:
+    ours = _uuid4()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, str(_uuid4()).encode())
+        os._exit(0)
+    os.close(write)
+    child = UUID(os.read(read, 64).decode())
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child.version == 4 and child.int >> 64 != ours.int >> 64
 
 
 @pytest.mark.parametrize("end", [None, 3.5])

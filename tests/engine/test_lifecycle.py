@@ -217,19 +217,20 @@ async def test_an_error_in_the_owners_block_leaves_as_itself_and_the_stop_is_log
 
 @pytest.fixture
 def fast_restarts(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """Make the store's acquire_schedules fail on demand, with restart delays of 10 ms."""
+    """Make the store's take_schedules (the memory engine's acquire_schedules) fail on
+    demand, with restart delays of 10 ms."""
     monkeypatch.setattr(_lifecycle, "RESTART_DELAY_FIRST", 0.01)
     monkeypatch.setattr(_lifecycle, "RESTART_DELAY_MAX", 0.02)
     control: dict[str, Any] = {"failures": 0}
-    original = MemoryStore.acquire_schedules
+    original = MemoryStore.take_schedules
 
-    async def acquire_schedules(self: MemoryStore, *args: Any, **kwargs: Any) -> Any:
+    def take_schedules(self: MemoryStore, *args: Any, **kwargs: Any) -> Any:
         if control["failures"]:
             control["failures"] -= 1
             raise OSError("store unreachable")
-        return await original(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(MemoryStore, "acquire_schedules", acquire_schedules)
+    monkeypatch.setattr(MemoryStore, "take_schedules", take_schedules)
     yield control
 
 

@@ -730,3 +730,18 @@ def test_describe_fields_form() -> None:
     assert CronTrigger(fields={"day": 13, "day_of_week": "fri"}).describe() == (
         "Cron 'month=* day=13 day_of_week=fri hour=0 minute=0 second=0' (UTC)"
     )
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Etc/GMT-5", "Etc/GMT+11"])
+@pytest.mark.parametrize(
+    "expression", ["* * * * *", "*/7 3-5 * * 1-5", "0 0 29 2 *", "30 23 L * *", "5 4 * * sun"]
+)
+def test_fixed_offset_zones_fire_as_the_general_path_does(zone: str, expression: str) -> None:
+    fast = CronTrigger(
+        expression, timezone=zone, start_time=datetime(2027, 12, 30, 22, 0, tzinfo=UTC)
+    )
+    general = copy.deepcopy(fast)
+    general._fixed = None  # every step through the zone-aware path, as for any other zone
+    assert fast._fixed is not None
+    assert take(fast, 300) == take(general, 300)
+    assert fast.__getstate__() == general.__getstate__()

@@ -18,11 +18,11 @@ import logging
 import os
 import random
 import sys
-from array import array
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from functools import partial
+from itertools import count
 from typing import Any, cast
 from uuid import UUID, SafeUUID
 
@@ -83,6 +83,7 @@ _utc = timezone.utc
 _zero = timedelta(0)
 _microsecond = timedelta(microseconds=1)
 _set = object.__setattr__
+_STARTED = RunState.started  # (an enum member read from its class costs a descriptor call)
 
 
 def make_engine(
@@ -136,29 +137,65 @@ _FAST_JOBS = tuple(field.name for field in attrs.fields(Job)) == _JOB_FIELDS
 
 _VERSION_BITS = 4 << 76
 _VARIANT_BITS = 0x8000 << 48
-_VERSION_MASK = ~((0xF000 << 64) | (0xC000 << 48))
-_random_ints: list[int] = []
+_PREFIX_MASK = ((1 << 128) - (1 << 64)) & ~(0xF000 << 64)
+"""The bits of a job id drawn at random once per process: the high 64 but the version."""
+_COUNTER_MASK = (1 << 62) - 1
+"""The bits below the variant: the job's number in this process."""
+_id_base = 0
+_next_number: Callable[[], int] = count().__next__
 
 
-def _refill_random_ints() -> None:
-    words = array("Q", os.urandom(16 * 256))
-    _random_ints.extend([(words[i] << 64) | words[i + 1] for i in range(0, len(words), 2)])
+def _new_id_base() -> None:
+    """Draw this process's job id prefix (again in a forked child: never its parent's)."""
+    global _id_base, _next_number
+    prefix = int.from_bytes(os.urandom(16), "big") & _PREFIX_MASK
+    _id_base = prefix | _VERSION_BITS | _VARIANT_BITS
+    _next_number = count(int.from_bytes(os.urandom(4), "big")).__next__
 
 
-if hasattr(os, "register_at_fork"):  # a forked child must not reuse its parent's pool
-    os.register_at_fork(after_in_child=_random_ints.clear)
+_new_id_base()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_id_base)
+
+_UNKNOWN_SAFETY = SafeUUID.unknown  # an enum member read per call costs a descriptor call
+_set_uuid_int = cast(Callable[[UUID, int], None], UUID.__dict__["int"].__set__)
+_set_uuid_safe = cast(Callable[[UUID, SafeUUID], None], UUID.__dict__["is_safe"].__set__)
 
 
 def _uuid4() -> UUID:
-    """A version-4 UUID, as random as ``uuid.uuid4()`` (os.urandom, fetched 256 at a time),
-    built without ``UUID.__init__``'s argument checks: uuid4() was 6 % of the CPU per fire."""
-    if not _random_ints:
-        _refill_random_ints()
-    value = (_random_ints.pop() & _VERSION_MASK) | _VERSION_BITS | _VARIANT_BITS
-    uuid = object.__new__(UUID)
-    _set(uuid, "int", value)
-    _set(uuid, "is_safe", SafeUUID.unknown)
+    """A valid version-4 UUID, unique without a random draw per job: 60 random bits drawn
+    once per process (two of n processes share them with odds of about n^2 / 2^61), then a
+    62-bit counter from a random start. A memory-store job id only has to be a unique UUID
+    (APScheduler's ``Job.id``; it leaves the process only in events, when a Redis broker is
+    configured): uuid4() per job was 6 % of the CPU per fire, random ids drawn 256 at a time
+    still 5 %. Built without ``UUID.__init__``'s argument checks."""
+    uuid = _new_uuid(UUID)
+    _set_uuid_int(uuid, _id_base | (_next_number() & _COUNTER_MASK))
+    _set_uuid_safe(uuid, _UNKNOWN_SAFETY)
     return uuid
+
+
+_new_uuid = object.__new__
+_new_job = object.__new__
+
+
+def _job_setters() -> tuple[Callable[[Job, Any], None], ...]:
+    """The slot setters of Job's fields, in :data:`_JOB_FIELDS` order (a slot's own
+    descriptor: no attribute look-up by name per call, as ``object.__setattr__`` makes)."""
+    if not _FAST_JOBS:  # pragma: no cover - a changed Job: new_job builds it through attrs
+        return (_unused_setter,) * len(_JOB_FIELDS)
+    return tuple(Job.__dict__[name].__set__ for name in _JOB_FIELDS)
+
+
+def _unused_setter(job: Job, value: Any) -> None:  # pragma: no cover - a changed Job
+    raise RuntimeError("new_job() builds jobs through attrs while Job's fields differ")
+
+
+(
+    _job_id, _job_task_id, _job_args, _job_kwargs, _job_schedule_id, _job_fire_time,
+    _job_executor, _job_jitter, _job_deadline, _job_expiration, _job_metadata, _job_created,
+    _job_acquired_by, _job_acquired_until,
+) = _job_setters()  # fmt: skip
 
 
 def new_job(
@@ -185,21 +222,21 @@ def new_job(
             metadata=schedule.metadata.copy(),
             created_at=created_at,
         )
-    job: Job = object.__new__(Job)
-    _set(job, "id", _uuid4())
-    _set(job, "task_id", schedule.task_id)
-    _set(job, "args", schedule.args)  # a tuple already; tuples are immutable
-    _set(job, "kwargs", dict(schedule.kwargs))
-    _set(job, "schedule_id", schedule.id)
-    _set(job, "scheduled_fire_time", fire_time)
-    _set(job, "executor", schedule.job_executor)
-    _set(job, "jitter", jitter)
-    _set(job, "start_deadline", start_deadline)
-    _set(job, "result_expiration_time", schedule.job_result_expiration_time)
-    _set(job, "metadata", schedule.metadata.copy())
-    _set(job, "created_at", created_at)
-    _set(job, "acquired_by", None)
-    _set(job, "acquired_until", None)
+    job: Job = _new_job(Job)
+    _job_id(job, _uuid4())
+    _job_task_id(job, schedule.task_id)
+    _job_args(job, schedule.args)  # a tuple already; tuples are immutable
+    _job_kwargs(job, dict(schedule.kwargs))
+    _job_schedule_id(job, schedule.id)
+    _job_fire_time(job, fire_time)
+    _job_executor(job, schedule.job_executor)
+    _job_jitter(job, jitter)
+    _job_deadline(job, start_deadline)
+    _job_expiration(job, schedule.job_result_expiration_time)
+    _job_metadata(job, schedule.metadata.copy())
+    _job_created(job, created_at)
+    _job_acquired_by(job, None)
+    _job_acquired_until(job, None)
     return job
 
 
@@ -330,10 +367,8 @@ class MemoryEngine(AsyncScheduler):
         try:
             task_status.started()
             await self.get_next_event(SchedulerStarted)
-            while self._state is RunState.started:
-                schedules = await store.acquire_schedules(
-                    self.identity, self.lease_duration, SCHEDULE_BATCH
-                )
+            while self._state is _STARTED:
+                schedules = store.take_schedules(self.identity, self.lease_duration, SCHEDULE_BATCH)
                 if schedules:
                     await self._fire(store, schedules)
                 if len(schedules) >= SCHEDULE_BATCH:
@@ -367,29 +402,38 @@ class MemoryEngine(AsyncScheduler):
             jobs_wakeup = self._jobs_wakeup
             return wakeup.is_set() or (jobs_wakeup is not None and jobs_wakeup.is_set())
 
+        identity, lease_duration = self.identity, self.lease_duration
+        take_schedules, take_jobs = store.take_schedules, store.take_jobs
+        running, task_callables = self._running, self._task_callables
+
         async def fire() -> None:
             while True:
-                schedules = await store.acquire_schedules(
-                    self.identity, self.lease_duration, SCHEDULE_BATCH
-                )
+                schedules = take_schedules(identity, lease_duration, SCHEDULE_BATCH)
                 if schedules:
-                    # The job loop is not woken: its turn is taken right below. (Set without
-                    # attrs' __setattr__, which was 2 % of the time per fire.)
-                    jobs_wakeup = self._jobs_wakeup
-                    _set(self, "_jobs_wakeup", None)
-                    try:
-                        await self._fire(store, schedules)
-                    finally:
-                        _set(self, "_jobs_wakeup", jobs_wakeup)
+                    # The job loop is not woken: its turn is taken right below.
+                    jobs, released = self._queue_fires(store, schedules)
+                    if store.wants(JobAdded) or store.wants(ScheduleUpdated):
+                        # (Set without attrs' __setattr__: 2 % of the time per fire.)
+                        jobs_wakeup = self._jobs_wakeup
+                        _set(self, "_jobs_wakeup", None)
+                        try:
+                            await self._publish_fires(store, jobs, released)
+                        finally:
+                            _set(self, "_jobs_wakeup", jobs_wakeup)
                 # The job loop's turn, taken here at once (it wakes, and finds it done).
-                free = self.max_concurrent_jobs - len(self._running)
+                free = self.max_concurrent_jobs - len(running)
                 if free > 0:
-                    for job in await store.acquire_jobs(self.identity, self.lease_duration, free):
-                        func = self._task_callables.get(job.task_id)
+                    missed: list[Job] = []
+                    acquired = take_jobs(identity, lease_duration, free, missed)
+                    if missed or (acquired and store.wants_acquired_events()):
+                        await store.after_take(identity, acquired, missed)
+                    spawn = self._jobs.spawn
+                    for job in acquired:
+                        func = task_callables.get(job.task_id)
                         if func is None:
                             func = self._get_task_callable(await store.get_task(job.task_id))
-                        self._running[job.id.int] = job
-                        self._jobs.spawn(job, func)
+                        running[job.id.int] = job
+                        spawn(job, func)
                 if len(schedules) < SCHEDULE_BATCH:
                     return
 
@@ -398,7 +442,7 @@ class MemoryEngine(AsyncScheduler):
         try:
             task_status.started()
             await self.get_next_event(SchedulerStarted)
-            while self._state is RunState.started:
+            while self._state is _STARTED:
                 await fire()  # what the clock does at an instant: all that is due, jobs started
                 await wakeup.wait()
                 wakeup = anyio.Event()
@@ -409,10 +453,21 @@ class MemoryEngine(AsyncScheduler):
     async def _fire(self, store: MemoryStore, schedules: Sequence[Schedule]) -> None:
         """Queue the due jobs of acquired ``schedules`` and release them (never suspends
         unless someone subscribes to ``JobAdded`` or ``ScheduleUpdated``)."""
+        jobs, released = self._queue_fires(store, schedules)
+        self._wake_jobs()
+        if store.wants(JobAdded) or store.wants(ScheduleUpdated):
+            await self._publish_fires(store, jobs, released)
+
+    def _queue_fires(
+        self, store: MemoryStore, schedules: Sequence[Schedule]
+    ) -> tuple[list[Job], list[Schedule]]:
+        """Queue the due jobs of acquired ``schedules`` and release them, waking nobody and
+        publishing nothing; returns the jobs queued and the schedules released."""
         now = self._now()
         jobs: list[Job] = []
         add = jobs.append
         released: list[Schedule] = []
+        reschedule = store.reschedule
         for schedule in schedules:
             first = schedule.next_fire_time
             assert first is not None
@@ -430,10 +485,15 @@ class MemoryEngine(AsyncScheduler):
                 for job in self._jobs_for(schedule, fire_times, next_fire_time, now):
                     add(job)
                 last = fire_times[-1]
-            if store.reschedule(schedule.id, last, next_fire_time) is not None:
+            if reschedule(schedule.id, last, next_fire_time) is not None:
                 released.append(schedule)
         store.queue_jobs(jobs)
-        self._wake_jobs()
+        return jobs, released
+
+    async def _publish_fires(
+        self, store: MemoryStore, jobs: list[Job], released: list[Schedule]
+    ) -> None:
+        """``JobAdded`` and ``ScheduleUpdated`` of :meth:`_queue_fires`, to those who listen."""
         if store.wants(JobAdded):
             for job in jobs:
                 await self.event_broker.publish(
@@ -550,14 +610,17 @@ class MemoryEngine(AsyncScheduler):
             task_status.started()
             await self.get_next_event(SchedulerStarted)
             running, spawn = self._running, jobs.spawn
+            take_jobs, identity = store.take_jobs, self.identity
             try:
-                while self._state is RunState.started:
+                while self._state is _STARTED:
                     self._log_info = self.logger.isEnabledFor(logging.INFO)
                     free = self.max_concurrent_jobs - len(running)
                     if free > 0:
-                        for job in await store.acquire_jobs(
-                            self.identity, self.lease_duration, free
-                        ):
+                        missed: list[Job] = []
+                        acquired = take_jobs(identity, self.lease_duration, free, missed)
+                        if missed or (acquired and store.wants_acquired_events()):
+                            await store.after_take(identity, acquired, missed)
+                        for job in acquired:
                             func = self._task_callables.get(job.task_id)
                             if func is None:
                                 func = self._get_task_callable(await store.get_task(job.task_id))
@@ -580,7 +643,7 @@ class MemoryEngine(AsyncScheduler):
                 await store.extend_acquired_job_leases(self.identity, job_ids, self.lease_duration)
 
     async def _run_job(self, job: Job, func: Callable[..., Any], executor: str) -> None:
-        store = self._memory_store()
+        store = cast(MemoryStore, self.data_store)  # make_engine ensures it; checked per loop
         try:
             start_time = self._now()
             if job.start_deadline is not None and start_time > job.start_deadline:
@@ -772,7 +835,8 @@ class _VirtualJobs(_Jobs):
         return self
 
     def spawn(self, job: Job, func: Callable[..., Any]) -> None:
-        self._units[job.id.int] = self._keeper.begin(str(job.schedule_id or job.id))
+        label = job.schedule_id  # a scheduled fire's (our job id), else the engine job's
+        self._units[job.id.int] = self._keeper.begin(str(job.id) if label is None else label)
         self._inner.spawn(job, func)
 
     async def run(self, job: Job, func: Callable[..., Any], executor: str) -> None:

@@ -234,6 +234,10 @@ class MemoryStore(BaseDataStore):
         """Make ``schedule`` the current one for its id; in its fire time's slot if it can
         fire."""
         self._schedules[schedule.id] = schedule
+        self._slot(schedule)
+
+    def _slot(self, schedule: Schedule) -> None:
+        """Put the current ``schedule`` in its fire time's slot, if it can fire."""
         fire_time = schedule.next_fire_time
         if fire_time is not None and not schedule.paused:
             slot = self._slots.get(fire_time)
@@ -304,6 +308,13 @@ class MemoryStore(BaseDataStore):
     async def acquire_schedules(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Schedule]:
+        return self.take_schedules(scheduler_id, lease_duration, limit)
+
+    def take_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Schedule]:
+        """:meth:`acquire_schedules` without a coroutine (it never suspends): the engine's
+        fast path."""
         now = self._now()
         until = now + lease_duration
         schedules: list[Schedule] = []
@@ -372,11 +383,17 @@ class MemoryStore(BaseDataStore):
         if schedule is None:
             return None  # removed while it was being processed
         self._acquired.pop(schedule_id, None)
-        _set_time(schedule, "last_fire_time", last_fire_time)
-        _set_time(schedule, "next_fire_time", next_fire_time)
+        if last_fire_time.tzinfo is not None and (
+            next_fire_time is None or next_fire_time.tzinfo is not None
+        ):  # the engine's (aware) times: nothing to convert
+            _set(schedule, "last_fire_time", last_fire_time)
+            _set(schedule, "next_fire_time", next_fire_time)
+        else:
+            _set_time(schedule, "last_fire_time", last_fire_time)
+            _set_time(schedule, "next_fire_time", next_fire_time)
         _set(schedule, "acquired_by", None)
         _set(schedule, "acquired_until", None)
-        self._enter(schedule)
+        self._slot(schedule)  # (it is the current one for its id already)
         return schedule
 
     async def get_next_schedule_run_time(self) -> datetime | None:
@@ -443,12 +460,40 @@ class MemoryStore(BaseDataStore):
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int | None = None
     ) -> list[Job]:
+        missed: list[Job] = []
+        acquired = self.take_jobs(scheduler_id, lease_duration, limit, missed)
+        if missed or (acquired and self._wants(JobAcquired)):
+            await self.after_take(scheduler_id, acquired, missed)
+        return acquired
+
+    async def after_take(self, scheduler_id: str, acquired: list[Job], missed: list[Job]) -> None:
+        """What :meth:`acquire_jobs` does after :meth:`take_jobs`, when there is anything to
+        do: publish ``JobAcquired`` (if wanted) and release the ``missed`` jobs."""
+        if acquired and self._wants(JobAcquired):
+            for job in acquired:
+                await self._event_broker.publish(
+                    JobAcquired.from_job(job, scheduler_id=scheduler_id)
+                )
+        now = self._now()
+        for job in missed:
+            result = JobResult.from_job(job, JobOutcome.missed_start_deadline, finished_at=now)
+            await self.release_job(scheduler_id, job, result)
+
+    def take_jobs(
+        self,
+        scheduler_id: str,
+        lease_duration: timedelta,
+        limit: int | None,
+        missed: list[Job],
+    ) -> list[Job]:
+        """Acquire queued jobs without a coroutine: the engine's fast path. Jobs past their
+        start deadline go to ``missed`` instead; the caller must then await
+        :meth:`after_take` (also when someone subscribes to ``JobAcquired``)."""
         now = self._now()
         if self._next_lease_check is not None and now > self._next_lease_check:
             self._requeue_expired(now)
         until = now + lease_duration
         acquired: list[Job] = []
-        missed: list[Job] = []
         queue, jobs, tasks, held = self._queue, self._jobs, self._tasks, self._held
         while queue and (limit is None or len(acquired) < limit):
             job = queue.popleft()
@@ -472,15 +517,11 @@ class MemoryStore(BaseDataStore):
             acquired.append(job)
         if acquired and self._next_lease_check is None:
             self._next_lease_check = until
-        if acquired and self._wants(JobAcquired):
-            for job in acquired:
-                await self._event_broker.publish(
-                    JobAcquired.from_job(job, scheduler_id=scheduler_id)
-                )
-        for job in missed:
-            result = JobResult.from_job(job, JobOutcome.missed_start_deadline, finished_at=now)
-            await self.release_job(scheduler_id, job, result)
         return acquired
+
+    def wants_acquired_events(self) -> bool:
+        """True if :meth:`after_take` must run for acquired jobs (someone hears of them)."""
+        return self._wants(JobAcquired)
 
     def _requeue_expired(self, now: datetime) -> None:
         """Jobs whose lease expired go back to the front of the queue (as in the stock
