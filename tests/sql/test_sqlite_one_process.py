@@ -62,5 +62,6 @@ async def test_running_counts_left_in_the_file_are_repaired_at_start(tmp_path: P
         db.execute("UPDATE tasks SET running_jobs = 1 WHERE id = 'tick'")
     scheduler = scheduler_on(path)
     async with scheduler:
-        runs = await wait_for_runs(scheduler, "tick", 3)
-    assert {run.outcome for run in runs} == {Outcome.success}
+        # Without the repair every fire is skipped; under load one may still be, rightly
+        # (due while the last run's release is being written).
+        await wait_for_runs(scheduler, "tick", 3, outcome=Outcome.success)

@@ -97,16 +97,21 @@ async def test_without_notify_peers_find_each_others_work_by_polling(
     adder = TaskScheduler(SchedulerConfig(store=pg_url))
     other_process = TaskScheduler(SchedulerConfig(store=pg_url))
     with caplog.at_level(logging.WARNING):
-        async with adder, other_process:
-            await adder.add_interval_job(greet, "greet", seconds=0.1, args=["eve"])
-            await anyio.sleep(2)
-            await adder.pause_job("greet")
+        async with other_process:
+            async with adder:
+                await adder.add_interval_job(greet, "greet", seconds=0.1, args=["eve"])
+            # The adder has stopped (while it ran, it took every fire itself: woken at once
+            # by its own events); only polling tells the other process of the new job.
+            ran_in_adder = len(CALLS)
+            with anyio.fail_after(10):
+                while len(CALLS) < ran_in_adder + 5:
+                    await anyio.sleep(0.05)
+            await other_process.pause_job("greet")
             await anyio.sleep(0.3)  # a fire enqueued before the pause may still run
             runs = await other_process.get_runs("greet", limit=1000)  # every worker's
     assert "peers are found by polling the store" in caplog.text
     fires = [run.scheduled_at for run in runs if run.outcome is Outcome.success]
-    assert len(fires) == len(set(fires)) >= 8
-    assert len({run.worker for run in runs}) == 2, "both processes took part"
+    assert len(fires) == len(set(fires)) >= 5
     assert CALLS.count("eve") == len(fires)
 
 

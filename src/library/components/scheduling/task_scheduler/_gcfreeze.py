@@ -14,8 +14,10 @@ Owned by the scheduler's run (``SchedulerConfig.gc_freeze``, on by default):
   runs ``gc.disable()`` or freezes its own heap, e.g. before forking workers, manages the
   collector itself: it is left alone). Several schedulers of one process share one freeze.
 - **stop** (of the last scheduler that froze) unfreezes, unless something else froze
-  objects meanwhile (the frozen count grew past ours): those stay frozen, as their owner
-  wants. Unfreezing puts the objects back in the oldest generation, as if never frozen.
+  objects meanwhile (a container made right after our freeze is frozen too): those stay
+  frozen, as their owner wants. Unfreezing puts the objects back in the oldest
+  generation, as if never frozen. Telling costs one walk of the objects made since the
+  freeze (the frozen ones are not walked), at stop.
 
 Objects are never freed later than without the freeze by reference counting (almost all
 of them); only a reference *cycle* among objects alive at start that becomes garbage while
@@ -32,14 +34,24 @@ from collections.abc import Callable
 _lock = threading.Lock()
 _holders = 0
 """Running schedulers that share the freeze."""
-_frozen_by_us: int | None = None
-"""``gc.get_freeze_count()`` right after our latest freeze; None while we hold none."""
+_ours = False
+"""Whether we hold a freeze (and undo it when the last holder stops)."""
 _foreign = False
 """Something else froze objects while we held the freeze: never unfreeze theirs."""
+_witness: list[None] | None = None
+"""A container made right after our latest freeze: frozen later only if something else
+called ``gc.freeze()`` (the frozen count cannot tell: frozen objects that are freed lower
+it, so a count as high as ours does not mean nobody froze since)."""
 
 
 def _noop() -> None:
     pass
+
+
+def _frozen_since(witness: list[None] | None) -> bool:
+    """Whether ``witness`` (made after our freeze) was frozen since: no generation lists
+    it. Walks only what is not frozen: what was made since the freeze and still lives."""
+    return witness is not None and all(obj is not witness for obj in gc.get_objects())
 
 
 def freeze_heap() -> Callable[[], None]:
@@ -47,33 +59,34 @@ def freeze_heap() -> Callable[[], None]:
 
     The returned function is idempotent; call it when the run ends, whatever the outcome.
     """
-    global _holders, _frozen_by_us, _foreign
+    global _holders, _ours, _foreign, _witness
     with _lock:
-        if _frozen_by_us is None:
+        if not _ours:
             if not gc.isenabled() or gc.get_freeze_count():
                 return _noop  # the app manages the collector: not ours to change
             _foreign = False
-        elif gc.get_freeze_count() > _frozen_by_us:
+        elif _frozen_since(_witness):
             _foreign = True
         gc.freeze()  # also takes in what this scheduler's start built since an earlier freeze
-        _frozen_by_us = gc.get_freeze_count()
+        _witness = [None]
+        _ours = True
         _holders += 1
     released = False
 
     def release() -> None:
-        global _holders, _frozen_by_us
+        global _holders, _ours, _witness
         nonlocal released
         with _lock:
             if released:
                 return
             released = True
             _holders -= 1
-            if _holders or _frozen_by_us is None:
+            if _holders or not _ours:
                 return
-            ours, _frozen_by_us = _frozen_by_us, None
-            # Frozen objects that were freed only lower the count: a higher one means the
-            # app froze objects of its own since. Leave those (and ours) frozen then.
-            if not _foreign and gc.get_freeze_count() <= ours:
+            _ours = False
+            witness, _witness = _witness, None
+            # Something else froze objects of its own since: leave them (and ours) frozen.
+            if not _foreign and not _frozen_since(witness):
                 gc.unfreeze()
 
     return release
