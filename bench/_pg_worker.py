@@ -84,6 +84,29 @@ async def history_check(
     return {"outcomes": dict(outcomes), "history_mismatches": len(history ^ seen)}
 
 
+async def run_window(window: float, tail: float) -> tuple[float, float, dict[str, Any]]:
+    """Say ready, read the window's opening time from stdin, and measure the process's CPU
+    and wall time over the window; return once its tail has passed: when ready, when the
+    window opened, and the window's first and last readings."""
+    ready = time.time()
+    print("ready", flush=True)
+    window_open = float(await anyio.to_thread.run_sync(sys.stdin.readline))
+    window_close = window_open + window
+    await anyio.sleep(seconds_until(window_open - BOUNDARY_LEAD))
+    cpu_first, wall_first = time.process_time(), time.time()
+    await anyio.sleep(seconds_until(window_close - BOUNDARY_LEAD))
+    cpu_last, wall_last = time.process_time(), time.time()
+    await anyio.sleep(seconds_until(window_close + tail))
+    return (
+        ready,
+        window_open,
+        {
+            "window_first": {"cpu": cpu_first, "wall": wall_first},
+            "window_last": {"cpu": cpu_last, "wall": wall_last},
+        },
+    )
+
+
 async def measure_async(params: dict[str, Any]) -> dict[str, Any]:
     n, t0 = params["n"], params["t0"]
     warmup, window, tail = params["warmup"], params["window"], params["tail"]
@@ -94,15 +117,7 @@ async def measure_async(params: dict[str, Any]) -> dict[str, Any]:
         scheduler.interval(seconds=1, start=utc(t0), id=f"j{index}")(job)
     begin = time.time()
     async with scheduler:
-        ready = time.time()
-        print("ready", flush=True)
-        window_open = float(await anyio.to_thread.run_sync(sys.stdin.readline))
-        window_close = window_open + window
-        await anyio.sleep(seconds_until(window_open - BOUNDARY_LEAD))
-        cpu_first, wall_first = time.process_time(), time.time()
-        await anyio.sleep(seconds_until(window_close - BOUNDARY_LEAD))
-        cpu_last, wall_last = time.process_time(), time.time()
-        await anyio.sleep(seconds_until(window_close + tail))
+        ready, window_open, timings = await run_window(window, tail)
         # The worker id, in versions that have one (after the window: it may ask the store).
         worker = getattr(await scheduler.get_status(), "worker_id", None)
         stopping = time.time()
@@ -112,8 +127,7 @@ async def measure_async(params: dict[str, Any]) -> dict[str, Any]:
         "start_s": ready - begin,
         "ready_at": ready,
         "stop_s": stopped - stopping,
-        "window_first": {"cpu": cpu_first, "wall": wall_first},
-        "window_last": {"cpu": cpu_last, "wall": wall_last},
+        **timings,
         "worker_id": worker,
         **(await history_check(scheduler, n, window_open, history_size, worker)),
         "runs": RUNS,
@@ -161,15 +175,7 @@ async def measure_aps4(params: dict[str, Any]) -> dict[str, Any]:
         finally:
             await lock.execute(text("SELECT pg_advisory_unlock(8675309)"))
     try:
-        ready = time.time()
-        print("ready", flush=True)
-        window_open = float(await anyio.to_thread.run_sync(sys.stdin.readline))
-        window_close = window_open + window
-        await anyio.sleep(seconds_until(window_open - BOUNDARY_LEAD))
-        cpu_first, wall_first = time.process_time(), time.time()
-        await anyio.sleep(seconds_until(window_close - BOUNDARY_LEAD))
-        cpu_last, wall_last = time.process_time(), time.time()
-        await anyio.sleep(seconds_until(window_close + tail))
+        ready, _, timings = await run_window(window, tail)
         stopping = time.time()
     finally:
         await scheduler.__aexit__(None, None, None)
@@ -180,8 +186,7 @@ async def measure_aps4(params: dict[str, Any]) -> dict[str, Any]:
         "start_s": ready - begin,
         "ready_at": ready,
         "stop_s": stopped - stopping,
-        "window_first": {"cpu": cpu_first, "wall": wall_first},
-        "window_last": {"cpu": cpu_last, "wall": wall_last},
+        **timings,
         "worker_id": None,
         "outcomes": {},
         "history_mismatches": 0,
