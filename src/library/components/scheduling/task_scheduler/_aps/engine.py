@@ -403,8 +403,7 @@ class MemoryEngine(AsyncScheduler):
             return wakeup.is_set() or (jobs_wakeup is not None and jobs_wakeup.is_set())
 
         identity, lease_duration = self.identity, self.lease_duration
-        take_schedules, take_jobs = store.take_schedules, store.take_jobs
-        running, task_callables = self._running, self._task_callables
+        take_schedules, running = store.take_schedules, self._running
 
         async def fire() -> None:
             while True:
@@ -423,17 +422,7 @@ class MemoryEngine(AsyncScheduler):
                 # The job loop's turn, taken here at once (it wakes, and finds it done).
                 free = self.max_concurrent_jobs - len(running)
                 if free > 0:
-                    missed: list[Job] = []
-                    acquired = take_jobs(identity, lease_duration, free, missed)
-                    if missed or (acquired and store.wants_acquired_events()):
-                        await store.after_take(identity, acquired, missed)
-                    spawn = self._jobs.spawn
-                    for job in acquired:
-                        func = task_callables.get(job.task_id)
-                        if func is None:
-                            func = self._get_task_callable(await store.get_task(job.task_id))
-                        running[job.id.int] = job
-                        spawn(job, func)
+                    await self._start_jobs(store, free, self._jobs.spawn)
                 if len(schedules) < SCHEDULE_BATCH:
                     return
 
@@ -610,22 +599,12 @@ class MemoryEngine(AsyncScheduler):
             task_status.started()
             await self.get_next_event(SchedulerStarted)
             running, spawn = self._running, jobs.spawn
-            take_jobs, identity = store.take_jobs, self.identity
             try:
                 while self._state is _STARTED:
                     self._log_info = self.logger.isEnabledFor(logging.INFO)
                     free = self.max_concurrent_jobs - len(running)
                     if free > 0:
-                        missed: list[Job] = []
-                        acquired = take_jobs(identity, self.lease_duration, free, missed)
-                        if missed or (acquired and store.wants_acquired_events()):
-                            await store.after_take(identity, acquired, missed)
-                        for job in acquired:
-                            func = self._task_callables.get(job.task_id)
-                            if func is None:
-                                func = self._get_task_callable(await store.get_task(job.task_id))
-                            running[job.id.int] = job
-                            spawn(job, func)
+                        await self._start_jobs(store, free, spawn)
                     await self._jobs_wakeup.wait()
                     self._jobs_wakeup = anyio.Event()
                     jobs.raise_failure()
@@ -633,6 +612,23 @@ class MemoryEngine(AsyncScheduler):
                 self._jobs_wakeup = None
                 await jobs.close()
                 self._job_tasks = None
+
+    async def _start_jobs(
+        self, store: MemoryStore, free: int, spawn: Callable[[Job, Callable[..., Any]], None]
+    ) -> None:
+        """Acquire up to ``free`` queued jobs and start each (the job loop's step, which the
+        virtual clock also takes at each instant)."""
+        missed: list[Job] = []
+        acquired = store.take_jobs(self.identity, self.lease_duration, free, missed)
+        if missed or (acquired and store.wants_acquired_events()):
+            await store.after_take(self.identity, acquired, missed)
+        running, task_callables = self._running, self._task_callables
+        for job in acquired:
+            func = task_callables.get(job.task_id)
+            if func is None:
+                func = self._get_task_callable(await store.get_task(job.task_id))
+            running[job.id.int] = job
+            spawn(job, func)
 
     async def _extend_job_leases(self, store: MemoryStore) -> None:
         # As the stock loop does: a job running longer than its lease must keep it.
