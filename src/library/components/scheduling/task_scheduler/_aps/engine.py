@@ -1,6 +1,7 @@
 """The APScheduler engine our scheduler drives: one place that builds it.
 
-For SQL stores this is a stock ``AsyncScheduler``. For the memory store it is
+For SQL stores this is :class:`~.sqlengine.SQLEngine`, a stock ``AsyncScheduler`` whose
+runs wait for their fire time (its store claims them a little ahead). For the memory store it is
 :class:`MemoryEngine`, an ``AsyncScheduler`` whose schedule loop, job loop and per-job runner
 are replaced by leaner ones written for our :class:`MemoryStore` (and, unless Redis was
 configured, with our :class:`LeanEventBroker`). Same engine, same rules (every job runs in a
@@ -107,13 +108,18 @@ def make_engine(
         settings["lease_duration"] = lease_duration
     if cleanup_interval is not None:
         settings["cleanup_interval"] = cleanup_interval
-    engine_class = AsyncScheduler
+    engine_class: type[AsyncScheduler]
     if isinstance(data_store, MemoryStore):
         engine_class = MemoryEngine
         settings["clock"] = clock
         if type(event_broker) is LocalEventBroker:
             # In-process only, like the stock local broker; a Redis broker is kept as given.
             event_broker = LeanEventBroker()
+    else:  # (SQLAlchemy comes with an extra: imported only here)
+        from .sqlengine import SQLEngine
+        from .sqlstore import SQLStore
+
+        engine_class = SQLEngine if isinstance(data_store, SQLStore) else AsyncScheduler
     return engine_class(
         data_store=data_store,
         event_broker=event_broker,
