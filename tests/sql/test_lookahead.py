@@ -97,8 +97,9 @@ async def test_a_fire_claimed_ahead_by_a_draining_process_is_left_for_the_next(
     sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fire that comes due while its process drains is not started there, nor recorded
-    as not started: the stop puts it back in the queue, where the next process (another
-    worker, or this one restarted) finds it."""
+    as not started: it goes back to the queue, where the next process (another worker, or
+    this one restarted) finds it. (With another worker running meanwhile:
+    test_sqlstore.py::test_a_draining_process_leaves_new_fires_to_the_others.)"""
     ahead(monkeypatch, 4.0)
     fire_time = soon(2.5)  # claimed at once; due during the drain below
 
@@ -119,3 +120,40 @@ async def test_a_fire_claimed_ahead_by_a_draining_process_is_left_for_the_next(
         [run] = await runs_of(second, "tick", 1)
     assert (run.outcome, run.scheduled_at) == (Outcome.success, fire_time)
     assert len(SEEN) == 1
+
+
+async def test_a_draining_process_gives_a_fire_claimed_ahead_back_at_its_time(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given back when it comes due, with its job's running slot: another worker runs it
+    while the first still drains (kept until the stop, the slot had the others skip it)."""
+    ahead(monkeypatch, 4.0)
+    fire_time = soon(2.5)
+
+    def declare() -> TaskScheduler:
+        scheduler = TaskScheduler(SchedulerConfig(store=pg_url))
+        scheduler.at(fire_time, id="tick")(tick)
+        scheduler.interval(hours=1, id="hold")(hold)
+        return scheduler
+
+    draining, other = declare(), declare()
+    stop, stopped = anyio.Event(), anyio.Event()
+    ended: list[datetime] = []
+
+    async def drain() -> None:
+        async with draining:
+            await stop.wait()
+            await draining.run_job("hold", wait=False)  # the drain lasts ~2 s past the fire
+        ended.append(datetime.now(timezone.utc))
+        stopped.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(drain)
+        await anyio.sleep(1.0)  # the fire is claimed and acquired by the draining one
+        async with other:
+            stop.set()
+            [run] = await runs_of(other, "tick", 1)
+            here = (await other.get_status()).worker_id
+            await stopped.wait()
+    assert (run.outcome, run.scheduled_at, run.worker) == (Outcome.success, fire_time, here)
+    assert run.started_at is not None and fire_time <= run.started_at < ended[0]

@@ -11,8 +11,8 @@ acquired ahead; here, each acquired job then waits in its own task until its fir
 
 A fire held that way is like one waiting in the queue: a job paused meanwhile is recorded
 ``skipped`` when the fire comes (the executor checks, as it does for a queued fire); a process
-that begins to drain does not start it, and its stop puts the job back in the queue for the
-others (:meth:`SQLStore.release_claims`), as it does with every job acquired and not started.
+that begins to drain does not start it, and gives it back to the queue at once, with its
+task's running slot, for the others (:meth:`SQLStore.give_back`).
 """
 
 from __future__ import annotations
@@ -44,15 +44,29 @@ class SQLEngine(AsyncScheduler):
                 self._running_jobs.discard(job)
                 raise
             if not started:
-                self._running_jobs.discard(job)
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await self._give_back(job)
+                finally:
+                    self._running_jobs.discard(job)
                 return
         await super()._run_job(job, func, executor)
 
     async def _wait_for(self, fire_time: datetime) -> bool:
-        """Sleep until ``fire_time``; False if this process began to drain meanwhile (the
-        job stays acquired, and the stop gives it back to the queue, never started)."""
+        """Sleep until ``fire_time``; False if this process began to drain meanwhile."""
         delay = (fire_time - datetime.now(_utc)).total_seconds()
         if delay > 0:
             await anyio.sleep(delay)
         store = self.data_store
         return not isinstance(store, SQLStore) or store.taking_jobs
+
+    async def _give_back(self, job: Job) -> None:
+        """Back to the queue for the other processes, never started. If the store cannot
+        be reached, the job stays acquired here until the stop gives it back (or, if this
+        process dies, its peers sweep it)."""
+        store = self.data_store
+        assert isinstance(store, SQLStore)  # _wait_for returned False: it is one
+        try:
+            await store.give_back(self.identity, job)
+        except Exception as exc:
+            self.logger.warning("could not give back job %s (not started): %r", job.id, exc)

@@ -112,6 +112,10 @@ LOOKAHEAD = timedelta(seconds=0.1)
 """How long before its fire time a schedule is claimed, its fire enqueued and acquired: the
 run then starts on a timer of the process that acquired it, at its fire time
 (:class:`~.sqlengine.SQLEngine`), instead of a chain of round trips after it."""
+CLAIM_GAP = LOOKAHEAD / 2
+"""The least time between two claims of a process's schedule loop (a schedule added or
+changed meanwhile wakes it at once): each claim takes the fires due in the next LOOKAHEAD."""
+assert CLAIM_GAP < LOOKAHEAD
 FIRED_TABLE = "task_scheduler_fired"
 """Ledger of enqueued fires, (schedule id, fire time): a fire is enqueued at most once."""
 
@@ -1178,7 +1182,10 @@ class SQLStore(SQLAlchemyDataStore):
     async def get_next_schedule_run_time(self) -> datetime | None:
         wake: datetime | None = await super().get_next_schedule_run_time()
         if wake is not None:
-            wake -= LOOKAHEAD  # claimed ahead (see acquire_schedules)
+            # Claimed ahead (see acquire_schedules), and never sooner than CLAIM_GAP after
+            # this claim: fires spread over time are claimed in batches (between LOOKAHEAD
+            # and LOOKAHEAD - CLAIM_GAP before they are due), not one claim each.
+            wake = max(wake - LOOKAHEAD, datetime.now(timezone.utc) + CLAIM_GAP)
         if self._engine.dialect.name != "postgresql":
             # SQLite: one process, nobody else claims anything; but the task-scheduler
             # command may change the file from outside, and no event tells.
@@ -1606,11 +1613,19 @@ class SQLStore(SQLAlchemyDataStore):
             )
         return await self._requeue(scheduler_id) + await self._release_schedule_claims(scheduler_id)
 
-    async def _requeue(self, scheduler_id: str) -> int:
+    async def give_back(self, scheduler_id: str, job: Job) -> None:
+        """Put ``job``, acquired here and never started (this process began to drain before
+        its fire time), back in the queue at once, with its task's running slot: held until
+        the stop, that slot would have the other processes skip every fire of the job."""
+        await self._requeue(scheduler_id, job.id)
+
+    async def _requeue(self, scheduler_id: str, only: UUID | None = None) -> int:
         """Jobs ``scheduler_id`` acquired and never started go back to the queue (never one
-        that ran here and whose release is still owed)."""
+        that ran here and whose release is still owed); ``only``: that job alone."""
         jobs_table = self._t_jobs
         held = jobs_table.c.acquired_by == scheduler_id
+        if only is not None:
+            held = and_(held, jobs_table.c.id == only)
         if self._unreleased:
             held = and_(held, jobs_table.c.id.not_in(list(self._unreleased)))
         async with self._begin_transaction() as conn:
@@ -1624,7 +1639,10 @@ class SQLStore(SQLAlchemyDataStore):
             returned = unstarted.all()
             for row in returned:
                 await self._give_back_slot(conn, row.task_id)
-        self._mine.clear()
+        if only is None:
+            self._mine.clear()
+        else:
+            self._mine.discard(only)
         for row in returned:
             await self._event_broker.publish(
                 JobAdded(job_id=row.id, task_id=row.task_id, schedule_id=row.schedule_id)
