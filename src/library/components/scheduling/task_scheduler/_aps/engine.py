@@ -58,6 +58,7 @@ from .._log import engine_logger
 from .broker import LeanEventBroker
 from .memstore import MemoryStore
 from .pin import require_engine_version
+from .sqljobloop import SQLJobLoop
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -107,7 +108,7 @@ def make_engine(
         settings["lease_duration"] = lease_duration
     if cleanup_interval is not None:
         settings["cleanup_interval"] = cleanup_interval
-    engine_class = AsyncScheduler
+    engine_class: type[AsyncScheduler] = SQLJobLoop  # (the lead redoes this line)
     if isinstance(data_store, MemoryStore):
         engine_class = MemoryEngine
         settings["clock"] = clock

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -276,6 +276,8 @@ class SQLStore(SQLAlchemyDataStore):
     """Job ids with a schedule or queued fire row this store cannot load, and why."""
     _reported: set[str] = attrs.field(init=False, factory=set)
     """Rows (schedule ids, fire uuids) already logged as unloadable: each once."""
+    _local_tasks: Container[str] = attrs.field(init=False, factory=frozenset)
+    """Tasks whose callables the engine's job loop holds (see remember_local_tasks)."""
     _statements: dict[str, Any] = attrs.field(init=False, factory=dict)
     """Statements built once per store (PostgreSQL's set-based writes), by name."""
     _deleted_rows: set[str] = attrs.field(init=False, factory=set)
@@ -309,10 +311,14 @@ class SQLStore(SQLAlchemyDataStore):
         statement = self._statements.get("record_fires")
         if statement is None:
             fired = self._t_fired
-            values = func.unnest(
-                bindparam("ids", type_=postgresql.ARRAY(Unicode())),
-                bindparam("times", type_=postgresql.ARRAY(DateTime(timezone=True))),
-            ).table_valued("schedule_id", "fire_time").render_derived()
+            values = (
+                func.unnest(
+                    bindparam("ids", type_=postgresql.ARRAY(Unicode())),
+                    bindparam("times", type_=postgresql.ARRAY(DateTime(timezone=True))),
+                )
+                .table_valued("schedule_id", "fire_time")
+                .render_derived()
+            )
             statement = (
                 postgresql.insert(fired)
                 .from_select(
@@ -820,7 +826,8 @@ class SQLStore(SQLAlchemyDataStore):
         one round trip apart. :meth:`get_task` answers the loop from these, once each.
         """
         self._acquired_tasks.clear()
-        task_ids = list({job.task_id for job in jobs})
+        local = self._local_tasks
+        task_ids = list({job.task_id for job in jobs if job.task_id not in local})
         if not task_ids:
             return
         tasks = self._t_tasks
@@ -833,6 +840,11 @@ class SQLStore(SQLAlchemyDataStore):
                 self._acquired_tasks[task.id] = task
         except Exception as exc:  # only a shortcut: get_task() asks the store instead
             logger.debug("could not read the tasks of the jobs acquired: %r", exc)
+
+    def remember_local_tasks(self, task_ids: Container[str]) -> None:
+        """The engine's job loop holds the callables of these tasks (a live view): the jobs
+        it acquires of these need no ``Task`` from the store (see :meth:`_fetch_tasks_of`)."""
+        self._local_tasks = task_ids
 
     async def get_task(self, task_id: str) -> Task:
         task = self._acquired_tasks.pop(task_id, None)  # read with the job just acquired
