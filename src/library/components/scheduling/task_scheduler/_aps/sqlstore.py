@@ -40,6 +40,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Integer,
     MetaData,
     Table,
     Unicode,
@@ -328,6 +329,36 @@ class SQLStore(SQLAlchemyDataStore):
                 .returning(fired.c.schedule_id, fired.c.fire_time)
             )
             self._statements["record_fires"] = statement
+        return statement
+
+    @property
+    def _give_back_slots_pg(self) -> Any:
+        """PostgreSQL: give back ``ns[i]`` running slots of task ``tasks[i]`` (never below
+        zero), in one statement; the task rows are locked in id order first (as the
+        statement per task did, sorted): two batches never wait for each other's rows."""
+        statement = self._statements.get("give_back_slots")
+        if statement is None:
+            tasks = self._t_tasks
+            ids = bindparam("tasks", type_=postgresql.ARRAY(tasks.c.id.type))
+            locked = (
+                select(tasks.c.id)
+                .where(tasks.c.id == any_(ids))
+                .order_by(tasks.c.id)
+                .with_for_update()
+                .cte("locked")
+            )
+            freed = (
+                func.unnest(ids, bindparam("ns", type_=postgresql.ARRAY(Integer())))
+                .table_valued("task", "n")
+                .render_derived()
+            )
+            running = tasks.c.running_jobs
+            statement = (
+                tasks.update()
+                .values(running_jobs=case((running > freed.c.n, running - freed.c.n), else_=0))
+                .where(tasks.c.id == freed.c.task, tasks.c.id == locked.c.id, running > 0)
+            )
+            self._statements["give_back_slots"] = statement
         return statement
 
     def _among(self, column: Any, values: Iterable[Any]) -> Any:
@@ -1010,7 +1041,14 @@ class SQLStore(SQLAlchemyDataStore):
                         await self._execute(conn, self._t_job_results.insert(), results)
                     deleted = (await self._execute(conn, delete)).all()
                     slots = Counter(row.task_id for row in deleted if row.acquired_by is not None)
-                    if slots:
+                    if slots and self._engine.dialect.name == "postgresql":
+                        order = sorted(slots)
+                        await self._execute(
+                            conn,
+                            self._give_back_slots_pg,
+                            {"tasks": order, "ns": [slots[task] for task in order]},
+                        )
+                    elif slots:
                         await self._execute(
                             conn,
                             give_back,
