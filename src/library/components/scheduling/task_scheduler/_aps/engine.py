@@ -108,7 +108,9 @@ def make_engine(
         settings["lease_duration"] = lease_duration
     if cleanup_interval is not None:
         settings["cleanup_interval"] = cleanup_interval
-    engine_class: type[AsyncScheduler] = SQLJobLoop  # (the lead redoes this line)
+    engine_class = AsyncScheduler
+    if hasattr(data_store, "remember_local_tasks"):  # our SQLStore (no SQLAlchemy import here)
+        engine_class = SQLJobLoop
     if isinstance(data_store, MemoryStore):
         engine_class = MemoryEngine
         settings["clock"] = clock
