@@ -18,11 +18,9 @@ import asyncio
 import logging
 import os
 import random
-import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
-from functools import partial
 from itertools import count
 from typing import Any, cast
 from uuid import UUID, SafeUUID
@@ -32,7 +30,7 @@ import anyio.lowlevel
 import attrs
 import sniffio
 from anyio import CancelScope, create_task_group, move_on_after
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from apscheduler import (
     AsyncScheduler,
     CoalescePolicy,
@@ -57,11 +55,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .._clock import REAL_CLOCK, Clock, EngineProbe, TimeKeeper
 from .._log import engine_logger
 from .broker import LeanEventBroker
+from .jobtasks import AsyncioJobs, JobTasks, RunJob, TaskGroupJobs, TrioJobs
 from .memstore import MemoryStore
 from .pin import require_engine_version
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 require_engine_version()
 
@@ -296,7 +292,7 @@ class MemoryEngine(AsyncScheduler):
     _running: dict[int, Job] = attrs.field(init=False, factory=dict)
     """Jobs started and not finished, by ``job.id.int`` (replaces the stock ``_running_jobs``
     set: a Job hashes through two Python-level ``__hash__`` calls)."""
-    _jobs: _Jobs = attrs.field(init=False, factory=lambda: _Jobs())
+    _jobs: JobTasks = attrs.field(init=False, factory=lambda: JobTasks())
     _job_tasks: dict[int, asyncio.Task[None]] | None = attrs.field(init=False, default=None)
     """The asyncio job tasks by ``job.id.int`` (each removes itself when it ends)."""
     _log_info: bool = attrs.field(init=False, default=False)
@@ -581,7 +577,7 @@ class MemoryEngine(AsyncScheduler):
             task_group.start_soon(self._extend_job_leases, store)
             exit_stack.callback(store.add_wakers(jobs=self._wake_jobs))
             library = sniffio.current_async_library()
-            jobs: _Jobs
+            jobs: JobTasks
             self._job_tasks = None
             run: RunJob = self._run_job
             virtual: _VirtualJobs | None = None
@@ -589,16 +585,16 @@ class MemoryEngine(AsyncScheduler):
                 virtual = _VirtualJobs(self, cast(TimeKeeper, self.clock))
                 run = virtual.run
             if library == "asyncio":
-                asyncio_jobs = _AsyncioJobs(self, run)
+                asyncio_jobs = AsyncioJobs(lambda: self._jobs_wakeup, run)
                 jobs = asyncio_jobs
                 self._job_tasks = asyncio_jobs.tasks
             elif library == "trio":
                 import trio
 
                 nursery = await exit_stack.enter_async_context(trio.open_nursery())
-                jobs = _TrioJobs(nursery, run)
+                jobs = TrioJobs(nursery, run)
             else:  # pragma: no cover - anyio runs on asyncio and trio only
-                jobs = _TaskGroupJobs(task_group, run)
+                jobs = TaskGroupJobs(task_group, run)
             if virtual is not None:
                 jobs = virtual.wrap(jobs)
             self._jobs = jobs
@@ -717,112 +713,7 @@ class MemoryEngine(AsyncScheduler):
             store.forget_job(job)
 
 
-RunJob = Callable[[Job, Callable[..., Any], str], Coroutine[Any, Any, None]]
-"""What runs one job in its task: the engine's ``_run_job`` (or, under virtual time, the
-same wrapped as a unit of work the clock counts)."""
-
-
-class _Jobs:
-    """Where the job loop starts each job, and how it waits for them at stop."""
-
-    def spawn(self, job: Job, func: Callable[..., Any]) -> None:
-        raise NotImplementedError
-
-    def failed(self, exc: BaseException) -> None:
-        """Called by the job's own task with what it is about to raise."""
-
-    def raise_failure(self) -> None:
-        """Raise what a job task raised (other than cancellation), if any."""
-
-    async def close(self) -> None:
-        """Cancel the jobs still running and wait for them."""
-
-
-class _TaskGroupJobs(_Jobs):
-    """Jobs in the job loop's anyio task group: the group propagates failures."""
-
-    def __init__(self, task_group: TaskGroup, run: RunJob) -> None:
-        self._run = run
-        self._start_soon = task_group.start_soon
-
-    def spawn(self, job: Job, func: Callable[..., Any]) -> None:
-        self._start_soon(self._run, job, func, job.executor)
-
-
-class _TrioJobs(_Jobs):
-    """Jobs in a trio nursery the job loop opens and closes (so it waits for them, and a
-    job's failure fails the loop). Direct, not through anyio's task group, whose per-task
-    wrapper and cancel scope were a third of the CPU per run on trio."""
-
-    def __init__(self, nursery: Any, run: RunJob) -> None:
-        self._run = run
-        self._start_soon = nursery.start_soon
-
-    def spawn(self, job: Job, func: Callable[..., Any]) -> None:
-        self._start_soon(self._run, job, func, job.executor, name="apscheduler job")
-
-
-class _AsyncioJobs(_Jobs):
-    """Jobs as plain asyncio tasks, owned by the job loop: each is held in a dict until it
-    ends (it removes itself), all are cancelled and awaited when the loop stops, and one that
-    fails fails the loop, as a child of anyio's task group would. ``SystemExit`` and
-    ``KeyboardInterrupt`` leave the event loop at once, raised by asyncio itself, as they did
-    from anyio's tasks. (No done callback: the task's own ``finally`` does the bookkeeping.)"""
-
-    def __init__(self, engine: MemoryEngine, run: RunJob) -> None:
-        loop = asyncio.get_running_loop()
-        self._engine = engine
-        self._run = run
-        # asyncio.Task(...) directly skips create_task()'s Python frame, unless the loop has
-        # a task factory, which must then make every task.
-        self._new_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] = (
-            partial(asyncio.Task, loop=loop)
-            if loop.get_task_factory() is None
-            else loop.create_task
-        )
-        self.tasks: dict[int, asyncio.Task[None]] = {}
-        """Tasks still running, by ``job.id.int``: each one removes itself as it ends."""
-        self._failures: list[BaseException] = []
-
-    def spawn(self, job: Job, func: Callable[..., Any]) -> None:
-        self.tasks[job.id.int] = self._new_task(self._run(job, func, job.executor))
-
-    def failed(self, exc: BaseException) -> None:
-        if isinstance(exc, asyncio.CancelledError):
-            return
-        self._failures.append(exc)
-        task = asyncio.current_task()
-        if task is not None:
-            # Its exception is raised by the job loop: mark it retrieved for asyncio.
-            task.add_done_callback(_retrieve_exception)
-        wakeup = self._engine._jobs_wakeup
-        if wakeup is not None:
-            wakeup.set()
-
-    def raise_failure(self) -> None:
-        failures, self._failures = self._failures, []
-        if len(failures) == 1:
-            raise failures[0]
-        if failures:
-            raise BaseExceptionGroup("job tasks failed", failures)
-
-    async def close(self) -> None:
-        tasks = list(self.tasks.values())
-        if tasks:
-            for task in tasks:
-                task.cancel()
-            with CancelScope(shield=True):
-                await asyncio.wait(tasks)
-        self.tasks.clear()
-        self.raise_failure()
-
-
-def _retrieve_exception(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-class _VirtualJobs(_Jobs):
+class _VirtualJobs(JobTasks):
     """Under a virtual clock: each job counts as a unit of work from the moment it is spawned
     (so the clock never moves on while a job is about to start) until it ends."""
 
@@ -830,9 +721,9 @@ class _VirtualJobs(_Jobs):
         self._keeper = keeper
         self._run_job = engine._run_job
         self._units: dict[int, object] = {}
-        self._inner = _Jobs()
+        self._inner = JobTasks()
 
-    def wrap(self, inner: _Jobs) -> _Jobs:
+    def wrap(self, inner: JobTasks) -> JobTasks:
         self._inner = inner
         return self
 

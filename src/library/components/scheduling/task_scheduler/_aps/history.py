@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Unicode,
     and_,
+    bindparam,
     case,
     func,
     or_,
@@ -99,6 +100,15 @@ def add_history_tables(metadata: MetaData) -> None:
     )
 
 
+_RUN_COLUMNS = (
+    "run_id", "job_id", "attempt", "fire_id", "scheduled_at", "started_at", "finished_at",
+    "at", "outcome", "error_type", "error_message", "worker",
+)  # fmt: skip
+"""The columns of a run row (:meth:`RunRow.values`), the key first."""
+_STATS_COLUMNS = ("job_id", *OUTCOMES, "last_success_at")
+"""The columns of a job's counters, the key first."""
+
+
 def _row_to_run(row: Any) -> RunRow:
     return RunRow(
         run_id=row.run_id,
@@ -127,14 +137,27 @@ class RunHistory:
         self._workers: Table = tables[prefix + WORKERS_TABLE]
         self._dialect: Any = postgresql if store._engine.dialect.name == "postgresql" else sqlite
         # Built once: a batch only binds its rows (no statement construction per write).
+        # PostgreSQL: one statement per batch, its rows as one array per column (a
+        # statement per row, as executemany runs them, cost the server more than the rows).
+        self._set_based = self._dialect is postgresql
         self._upsert_runs = self._runs_upsert()
         self._upsert_stats = self._stats_upsert()
+
+    def _insert(self, table: Table, names: Sequence[str]) -> Any:
+        """INSERT into ``table``: of one row (executemany binds each), or, on PostgreSQL,
+        of the rows of arrays bound under the columns' names (see :func:`_columns`)."""
+        insert = self._dialect.insert(table)
+        if not self._set_based:
+            return insert
+        arrays = [bindparam(name, type_=postgresql.ARRAY(table.c[name].type)) for name in names]
+        rows = func.unnest(*arrays).table_valued(*names).render_derived()
+        return insert.from_select(list(names), select(*(rows.c[name] for name in names)))
 
     def _runs_upsert(self) -> Any:
         """A row per attempt, upserted: a row written in progress gets its end later, never
         the other way round (a batch written late never undoes a newer one)."""
         runs = self._runs
-        insert = self._dialect.insert(runs)
+        insert = self._insert(runs, _RUN_COLUMNS)
         keep_end = {
             name: func.coalesce(getattr(insert.excluded, name), runs.c[name])
             for name in ("started_at", "finished_at", "outcome", "error_type", "error_message")
@@ -146,7 +169,7 @@ class RunHistory:
     def _stats_upsert(self) -> Any:
         """Counters added to; the later of two last successes kept."""
         stats = self._stats
-        insert = self._dialect.insert(stats)
+        insert = self._insert(stats, _STATS_COLUMNS)
         new, old = insert.excluded.last_success_at, stats.c.last_success_at
         return insert.on_conflict_do_update(
             index_elements=[stats.c.job_id],
@@ -171,9 +194,19 @@ class RunHistory:
         store = self._store
         async with store._begin_transaction() as conn:
             if rows:
-                await store._execute(conn, self._upsert_runs, [row.values() for row in rows])
+                values = [row.values() for row in rows]
+                await store._execute(conn, self._upsert_runs, self._bind(values, _RUN_COLUMNS))
             if counts:
                 await self._count(conn, counts, last_success)
+
+    def _bind(self, rows: list[dict[str, Any]], names: Sequence[str]) -> Any:
+        """The parameters of an upsert of ``rows``: as they are (executemany), or on
+        PostgreSQL one array per column, the rows in key order (two batches that touch
+        the same rows then lock them in the same order)."""
+        if not self._set_based:
+            return rows
+        rows = sorted(rows, key=lambda row: row[names[0]])
+        return {name: [row[name] for row in rows] for name in names}
 
     async def _count(
         self, conn: Any, counts: dict[str, dict[str, int]], last_success: dict[str, datetime]
@@ -186,7 +219,7 @@ class RunHistory:
             }
             for job_id, by_outcome in counts.items()
         ]
-        await self._store._execute(conn, self._upsert_stats, params)
+        await self._store._execute(conn, self._upsert_stats, self._bind(params, _STATS_COLUMNS))
 
     async def finish_abandoned(self, fire_id: str, row: RunRow) -> None:
         """A dead process's run: finish its in-progress row, or record one if it never got

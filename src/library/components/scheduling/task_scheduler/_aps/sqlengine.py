@@ -23,16 +23,18 @@ from typing import Any
 
 import anyio
 import attrs
-from apscheduler import AsyncScheduler, Job
+from apscheduler import Job
 
+from .sqljobloop import SQLJobLoop
 from .sqlstore import SQLStore
 
 _utc = timezone.utc
 
 
 @attrs.define(eq=False, repr=False)
-class SQLEngine(AsyncScheduler):
-    """``AsyncScheduler`` for :class:`SQLStore`: ``_run_job`` first waits for the fire time."""
+class SQLEngine(SQLJobLoop):
+    """``AsyncScheduler`` for :class:`SQLStore`: its job loop is :class:`SQLJobLoop`'s, and
+    ``_run_job`` first waits for the fire time."""
 
     async def _run_job(self, job: Job, func: Callable[..., Any], executor: str) -> None:
         fire_time = job.scheduled_fire_time  # None: a run-now, due at once

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -40,10 +40,12 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Integer,
     MetaData,
     Table,
     Unicode,
     and_,
+    any_,
     bindparam,
     case,
     exists,
@@ -283,6 +285,10 @@ class SQLStore(SQLAlchemyDataStore):
     """Job ids with a schedule or queued fire row this store cannot load, and why."""
     _reported: set[str] = attrs.field(init=False, factory=set)
     """Rows (schedule ids, fire uuids) already logged as unloadable: each once."""
+    _local_tasks: Container[str] = attrs.field(init=False, factory=frozenset)
+    """Tasks whose callables the engine's job loop holds (see remember_local_tasks)."""
+    _statements: dict[str, Any] = attrs.field(init=False, factory=dict)
+    """Statements built once per store (PostgreSQL's set-based writes), by name."""
     _deleted_rows: set[str] = attrs.field(init=False, factory=set)
     """Fire rows that could not load and were deleted here (a dead process's runs): a read
     from before their deletion (the sweep's, racing the job loop) reports them no more."""
@@ -306,6 +312,70 @@ class SQLStore(SQLAlchemyDataStore):
     def _t_fired(self) -> Table:
         prefix = f"{self.schema}." if self.schema else ""
         return self._metadata.tables[prefix + FIRED_TABLE]
+
+    @property
+    def _record_fires_pg(self) -> Any:
+        """PostgreSQL: the ledger rows of a batch of fires, from two arrays (``ids``,
+        ``times``), each inserted unless recorded before; returns those inserted."""
+        statement = self._statements.get("record_fires")
+        if statement is None:
+            fired = self._t_fired
+            values = (
+                func.unnest(
+                    bindparam("ids", type_=postgresql.ARRAY(Unicode())),
+                    bindparam("times", type_=postgresql.ARRAY(DateTime(timezone=True))),
+                )
+                .table_valued("schedule_id", "fire_time")
+                .render_derived()
+            )
+            statement = (
+                postgresql.insert(fired)
+                .from_select(
+                    ["schedule_id", "fire_time"], select(values.c.schedule_id, values.c.fire_time)
+                )
+                .on_conflict_do_nothing()
+                .returning(fired.c.schedule_id, fired.c.fire_time)
+            )
+            self._statements["record_fires"] = statement
+        return statement
+
+    @property
+    def _give_back_slots_pg(self) -> Any:
+        """PostgreSQL: give back ``ns[i]`` running slots of task ``tasks[i]`` (never below
+        zero), in one statement; the task rows are locked in id order first (as the
+        statement per task did, sorted): two batches never wait for each other's rows."""
+        statement = self._statements.get("give_back_slots")
+        if statement is None:
+            tasks = self._t_tasks
+            ids = bindparam("tasks", type_=postgresql.ARRAY(tasks.c.id.type))
+            locked = (
+                select(tasks.c.id)
+                .where(tasks.c.id == any_(ids))
+                .order_by(tasks.c.id)
+                .with_for_update()
+                .cte("locked")
+            )
+            freed = (
+                func.unnest(ids, bindparam("ns", type_=postgresql.ARRAY(Integer())))
+                .table_valued("task", "n")
+                .render_derived()
+            )
+            running = tasks.c.running_jobs
+            statement = (
+                tasks.update()
+                .values(running_jobs=case((running > freed.c.n, running - freed.c.n), else_=0))
+                .where(tasks.c.id == freed.c.task, tasks.c.id == locked.c.id, running > 0)
+            )
+            self._statements["give_back_slots"] = statement
+        return statement
+
+    def _among(self, column: Any, values: Iterable[Any]) -> Any:
+        """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``: one statement
+        text whatever the number of values (an IN list renders one per length, and each
+        new text is prepared again by the driver and the server)."""
+        if self._engine.dialect.name != "postgresql":
+            return column.in_(list(values))
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
 
     def _fire_time_value(self, fire_time: datetime) -> datetime | int:
         if self._supports_tzaware_timestamps:
@@ -699,7 +769,7 @@ class SQLStore(SQLAlchemyDataStore):
             await self._execute(
                 conn,
                 jobs.update()
-                .where(jobs.c.id.in_(list(self._mine)), jobs.c.acquired_by == identity)
+                .where(self._among(jobs.c.id, self._mine), jobs.c.acquired_by == identity)
                 .values(acquired_until=until),
             )
 
@@ -800,18 +870,25 @@ class SQLStore(SQLAlchemyDataStore):
         one round trip apart. :meth:`get_task` answers the loop from these, once each.
         """
         self._acquired_tasks.clear()
-        task_ids = list({job.task_id for job in jobs})
+        local = self._local_tasks
+        task_ids = list({job.task_id for job in jobs if job.task_id not in local})
         if not task_ids:
             return
         tasks = self._t_tasks
         try:
             async with self._begin_transaction() as conn:
-                rows = await self._execute(conn, tasks.select().where(tasks.c.id.in_(task_ids)))
+                query = tasks.select().where(self._among(tasks.c.id, task_ids))
+                rows = await self._execute(conn, query)
             for row in rows:
                 task = Task.unmarshal(self.serializer, row._asdict())
                 self._acquired_tasks[task.id] = task
         except Exception as exc:  # only a shortcut: get_task() asks the store instead
             logger.debug("could not read the tasks of the jobs acquired: %r", exc)
+
+    def remember_local_tasks(self, task_ids: Container[str]) -> None:
+        """The engine's job loop holds the callables of these tasks (a live view): the jobs
+        it acquires of these need no ``Task`` from the store (see :meth:`_fetch_tasks_of`)."""
+        self._local_tasks = task_ids
 
     async def get_task(self, task_id: str) -> Task:
         task = self._acquired_tasks.pop(task_id, None)  # read with the job just acquired
@@ -959,7 +1036,7 @@ class SQLStore(SQLAlchemyDataStore):
         ]
         delete = (
             jobs_table.delete()
-            .where(jobs_table.c.id.in_([entry.result.job_id for entry in batch]))
+            .where(self._among(jobs_table.c.id, [entry.result.job_id for entry in batch]))
             .returning(jobs_table.c.id, jobs_table.c.task_id, jobs_table.c.acquired_by)
         )
         n: Any = bindparam("n")
@@ -977,7 +1054,14 @@ class SQLStore(SQLAlchemyDataStore):
                         await self._execute(conn, self._t_job_results.insert(), results)
                     deleted = (await self._execute(conn, delete)).all()
                     slots = Counter(row.task_id for row in deleted if row.acquired_by is not None)
-                    if slots:
+                    if slots and self._engine.dialect.name == "postgresql":
+                        order = sorted(slots)
+                        await self._execute(
+                            conn,
+                            self._give_back_slots_pg,
+                            {"tasks": order, "ns": [slots[task] for task in order]},
+                        )
+                    elif slots:
                         await self._execute(
                             conn,
                             give_back,
@@ -1460,24 +1544,45 @@ class SQLStore(SQLAlchemyDataStore):
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         fresh: list[Job] = []
         again: list[Job] = []
-        for start in range(0, len(fires), FIRES_PER_STATEMENT):
-            chunk = fires[start : start + FIRES_PER_STATEMENT]
-            keys = [
-                (job.schedule_id, self._fire_time_value(cast(datetime, job.scheduled_fire_time)))
-                for job in chunk
+        if dialect is postgresql:
+            # One statement for the whole batch, its fires as two arrays: built once, and
+            # cached (a VALUES list of n rows was compiled anew for every batch).
+            parameters = {
+                "ids": [job.schedule_id for job in fires],
+                "times": [job.scheduled_fire_time for job in fires],
+            }
+            chunks: list[tuple[Sequence[Job], Any, list[Any]]] = [
+                (fires, self._record_fires_pg, [parameters])
             ]
-            record = (
-                dialect.insert(fired)
-                .values([{"schedule_id": key[0], "fire_time": key[1]} for key in keys])
-                .on_conflict_do_nothing()
-                .returning(fired.c.schedule_id, fired.c.fire_time)
-            )
-            inserted = (await self._execute(conn, record)).all()
+        else:
+            chunks = []
+            for start in range(0, len(fires), FIRES_PER_STATEMENT):
+                chunk = fires[start : start + FIRES_PER_STATEMENT]
+                rows = [
+                    {
+                        "schedule_id": job.schedule_id,
+                        "fire_time": self._fire_time_value(cast(datetime, job.scheduled_fire_time)),
+                    }
+                    for job in chunk
+                ]
+                record = (
+                    dialect.insert(fired)
+                    .values(rows)
+                    .on_conflict_do_nothing()
+                    .returning(fired.c.schedule_id, fired.c.fire_time)
+                )
+                chunks.append((chunk, record, []))
+        for chunk, record, params in chunks:
+            inserted = (await self._execute(conn, record, *params)).all()
             if len(inserted) == len(chunk):  # the usual case: every fire is new
                 fresh.extend(chunk)
                 continue
             new = {(row.schedule_id, _as_utc(row.fire_time)) for row in inserted}
-            for job, key in zip(chunk, keys, strict=True):
+            for job in chunk:
+                key = (
+                    job.schedule_id,
+                    self._fire_time_value(cast(datetime, job.scheduled_fire_time)),
+                )
                 (fresh if key in new else again).append(job)
         if not fresh:
             return [], [], again
@@ -1487,7 +1592,7 @@ class SQLStore(SQLAlchemyDataStore):
             for row in await self._execute(
                 conn,
                 select(tasks.c.id, tasks.c.running_jobs, tasks.c.max_running_jobs).where(
-                    tasks.c.id.in_(task_ids)
+                    self._among(tasks.c.id, task_ids)
                 ),
             )
         }
@@ -1499,7 +1604,7 @@ class SQLStore(SQLAlchemyDataStore):
                 conn,
                 select(jobs.c.schedule_id)
                 .distinct()
-                .where(jobs.c.schedule_id.in_(coalescing), jobs.c.acquired_by.is_(None)),
+                .where(self._among(jobs.c.schedule_id, coalescing), jobs.c.acquired_by.is_(None)),
             )
             queued = {row.schedule_id for row in found}
         added: list[Job] = []
