@@ -4,9 +4,11 @@
 per-job runner (``_run_job``) and every public method stay APScheduler's (or the subclass's
 that builds on this one). What changes, per job acquired:
 
-- the stock loop spawns every job through anyio's task group and names each task with an
-  f-string. Here each job is a plain asyncio task, or a task in a trio nursery the loop owns
-  (:mod:`.jobtasks`, as the memory engine does);
+- the stock loop names each job's task with an f-string; on trio, it spawns every job through
+  anyio's task group, whose per-task wrapper costs more than the rest of the spawn. Here a
+  job is a task in a trio nursery the loop owns (:mod:`.jobtasks`, as the memory engine
+  does); on asyncio it stays in anyio's task group, whose cancellation spares the shielded
+  transaction of a job's release at stop;
 - the stock loop asks the store for every job's ``Task`` (an awaited call per job, and on the
   SQL store a query per batch to answer them), only to find the callable it already holds
   for every task configured in this process. Here the store is told which tasks the engine
@@ -19,9 +21,7 @@ Written against 4.0.0a6 (checked at import); re-check it on any engine upgrade.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
 
 import anyio
 import attrs
@@ -31,14 +31,13 @@ from anyio.abc import TaskStatus
 from apscheduler import (
     AsyncScheduler,
     Event,
-    Job,
     JobAdded,
     JobReleased,
     RunState,
     SchedulerStarted,
 )
 
-from .jobtasks import AsyncioJobs, JobTasks, TrioJobs
+from .jobtasks import JobTasks, TaskGroupJobs, TrioJobs
 from .pin import require_engine_version
 
 require_engine_version()
@@ -51,9 +50,6 @@ class SQLJobLoop(AsyncScheduler):
     """``AsyncScheduler`` whose job loop starts jobs as plain tasks (see the module)."""
 
     _jobs_wakeup: anyio.Event | None = attrs.field(init=False, default=None)
-    _jobs: JobTasks = attrs.field(init=False, factory=lambda: JobTasks())
-    _job_tasks: dict[int, Any] | None = attrs.field(init=False, default=None)
-    """On asyncio, the job tasks by ``job.id.int`` (each removes itself when it ends)."""
 
     async def _process_jobs(self, *, task_status: TaskStatus[None]) -> None:
         library = sniffio.current_async_library()
@@ -94,18 +90,16 @@ class SQLJobLoop(AsyncScheduler):
                 self.event_broker.subscribe(wake, {JobAdded, JobReleased})
             )
             jobs: JobTasks
-            self._job_tasks = None
             if library == "trio":
                 import trio
 
                 nursery = await exit_stack.enter_async_context(trio.open_nursery())
-                jobs = TrioJobs(nursery, self._run_tracked)
+                jobs = TrioJobs(nursery, self._run_job)
             else:
-                asyncio_jobs = AsyncioJobs(lambda: self._jobs_wakeup, self._run_tracked)
-                exit_stack.push_async_callback(asyncio_jobs.close)
-                self._job_tasks = asyncio_jobs.tasks
-                jobs = asyncio_jobs
-            self._jobs = jobs
+                # anyio's task group, not plain tasks (AsyncioJobs): at stop a job's release
+                # is a shielded transaction, which a plain task's cancel() would cut short,
+                # leaving the connection in it (SQLite: the file stayed locked).
+                jobs = TaskGroupJobs(task_group, self._run_job)
             task_status.started()
             await self.get_next_event(SchedulerStarted)
             callables = self._task_callables
@@ -126,15 +120,3 @@ class SQLJobLoop(AsyncScheduler):
                     jobs.raise_failure()
             finally:
                 self._jobs_wakeup = None
-
-    async def _run_tracked(self, job: Job, func: Callable[..., Any], executor: str) -> None:
-        """``_run_job`` in a job's own task, with that task's bookkeeping (see RunJob)."""
-        try:
-            await self._run_job(job, func, executor)
-        except BaseException as exc:
-            self._jobs.failed(exc)
-            raise
-        finally:
-            tasks = self._job_tasks
-            if tasks is not None:
-                tasks.pop(job.id.int, None)
