@@ -157,3 +157,25 @@ async def test_a_draining_process_gives_a_fire_claimed_ahead_back_at_its_time(
             await stopped.wait()
     assert (run.outcome, run.scheduled_at, run.worker) == (Outcome.success, fire_time, here)
     assert run.started_at is not None and fire_time <= run.started_at < ended[0]
+
+
+async def slow_tick() -> None:
+    SEEN.append(datetime.now(timezone.utc))
+    await anyio.sleep(1.2)
+
+
+async def test_a_run_that_ends_before_the_next_fire_leaves_room_for_it(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next fire is claimed while the run before it still holds the job's one running
+    slot (max_instances=1): whether it runs is decided when it is due, not when claimed
+    (it was skipped: the job ran every other fire)."""
+    ahead(monkeypatch, 1.5)
+    scheduler = TaskScheduler(SchedulerConfig(store=sql_url))
+    scheduler.interval(seconds=2, id="slow")(slow_tick)  # each run ends 0.8 s before the next
+    async with scheduler:
+        with anyio.fail_after(20):
+            while len(runs := [r for r in await scheduler.get_runs("slow") if r.outcome]) < 2:
+                await anyio.sleep(0.05)
+    assert [run.outcome for run in runs] == [Outcome.success, Outcome.success], runs
+    assert runs[0].scheduled_at - runs[1].scheduled_at == timedelta(seconds=2)

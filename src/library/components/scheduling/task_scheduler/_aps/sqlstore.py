@@ -1480,9 +1480,22 @@ class SQLStore(SQLAlchemyDataStore):
         async for attempt in self._retry():
             with attempt:
                 async with self._begin_transaction() as conn:
-                    added, skipped, again = await self._enqueue_fires(conn, fires)
-                    if updates:
-                        await self._execute(conn, advance, updates)
+                    added, skipped, again, deferred = await self._enqueue_fires(conn, fires)
+                    advanced = updates
+                    if deferred:
+                        # Released unchanged (its trigger as stored): claimed again.
+                        advanced = [update for update in updates if update["p_id"] not in deferred]
+                        await self._execute(
+                            conn,
+                            table.update()
+                            .where(
+                                self._among(table.c.id, deferred),
+                                table.c.acquired_by == scheduler_id,
+                            )
+                            .values(acquired_by=None, acquired_until=None),
+                        )
+                    if advanced:
+                        await self._execute(conn, advance, advanced)
                     if finished:
                         ids = [result.schedule_id for result in finished]
                         await self._execute(conn, table.delete().where(table.c.id.in_(ids)))
@@ -1502,7 +1515,11 @@ class SQLStore(SQLAlchemyDataStore):
             await self._event_broker.publish(
                 JobAdded(job_id=last.id, task_id=last.task_id, schedule_id=last.schedule_id)
             )
-        due = [result for result in results if result.next_fire_time is not None]
+        due = [
+            result
+            for result in results
+            if result.next_fire_time is not None and result.schedule_id not in deferred
+        ]
         if due:
             # The schedule loops wake for the earliest next fire (4.0.0a6: one per schedule).
             first = min(due, key=lambda result: cast(datetime, result.next_fire_time))
@@ -1534,14 +1551,45 @@ class SQLStore(SQLAlchemyDataStore):
 
     async def _enqueue_fires(
         self, conn: Any, fires: Sequence[Job]
-    ) -> tuple[list[Job], list[tuple[Job, int]], list[Job]]:
+    ) -> tuple[list[Job], list[tuple[Job, int]], list[Job], set[str]]:
         """Write the fires of a batch, as :meth:`add_job` writes one, with a statement for
         all of them at each step: (enqueued, skipped with their task's running count,
-        enqueued before by a process that stopped)."""
+        enqueued before by a process that stopped, schedules deferred).
+
+        A fire claimed ahead (not due yet, see LOOKAHEAD) while its task's running slots
+        are all taken is neither enqueued nor skipped: its schedule is deferred (released
+        unchanged, claimed again), so that whether it runs is decided when it is due, as
+        it was without the lookahead - a run that ends just before the next fire leaves
+        room for it."""
         if not fires:
-            return [], [], []
+            return [], [], [], set()
         fired, tasks, jobs = self._t_fired, self._t_tasks, self._t_jobs
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        task_ids = list({job.task_id for job in fires})
+        limits = {
+            row.id: row
+            for row in await self._execute(
+                conn,
+                select(tasks.c.id, tasks.c.running_jobs, tasks.c.max_running_jobs).where(
+                    self._among(tasks.c.id, task_ids)
+                ),
+            )
+        }
+        now = datetime.now(timezone.utc)
+        deferred: set[str] = set()
+        for job in fires:
+            task = limits.get(job.task_id)
+            if (
+                task is not None
+                and task.max_running_jobs is not None
+                and task.running_jobs >= task.max_running_jobs
+                and cast(datetime, job.scheduled_fire_time) > now
+            ):
+                deferred.add(cast(str, job.schedule_id))
+        if deferred:
+            fires = [job for job in fires if job.schedule_id not in deferred]
+            if not fires:
+                return [], [], [], deferred
         fresh: list[Job] = []
         again: list[Job] = []
         if dialect is postgresql:
@@ -1585,17 +1633,7 @@ class SQLStore(SQLAlchemyDataStore):
                 )
                 (fresh if key in new else again).append(job)
         if not fresh:
-            return [], [], again
-        task_ids = list({job.task_id for job in fresh})
-        limits = {
-            row.id: row
-            for row in await self._execute(
-                conn,
-                select(tasks.c.id, tasks.c.running_jobs, tasks.c.max_running_jobs).where(
-                    self._among(tasks.c.id, task_ids)
-                ),
-            )
-        }
+            return [], [], again, deferred
         coalescing = list({job.schedule_id for job in fresh} & self._coalescing)
         queued: set[str] = set()
         if coalescing:
@@ -1635,7 +1673,7 @@ class SQLStore(SQLAlchemyDataStore):
             await self._execute(
                 conn, jobs.insert(), [job.marshal(self.serializer) for job in added]
             )
-        return added, skipped, again
+        return added, skipped, again, deferred
 
     async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
         if conflict_policy is not ConflictPolicy.replace:
