@@ -14,14 +14,22 @@ that builds on this one). What changes, per job acquired:
   for every task configured in this process. Here the store is told which tasks the engine
   knows (:meth:`remember_local_tasks`, when it has it) and fetches only the others.
 
-Same rules otherwise: the same wake-ups (``JobAdded``, ``JobReleased``), leases extended
-every half lease, abandoned jobs reaped at start, at most ``max_concurrent_jobs`` at once.
+- the stock loop woke for every ``JobReleased`` (our store announced one per release batch:
+  with fires spread over time, one per run, and in every process), to find the queue empty
+  almost every time. Here the store announces a release only when a job waits in the queue
+  (:meth:`SQLStore._write_releases`), and a loop that filled up wakes itself when one of its
+  jobs ends (:attr:`SQLJobLoop._full`).
+
+Same rules otherwise: the same wake-ups for ``JobAdded``, leases extended every half lease,
+abandoned jobs reaped at start, at most ``max_concurrent_jobs`` at once.
 Written against 4.0.0a6 (checked at import); re-check it on any engine upgrade.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
 import attrs
@@ -31,6 +39,7 @@ from anyio.abc import TaskStatus
 from apscheduler import (
     AsyncScheduler,
     Event,
+    Job,
     JobAdded,
     JobReleased,
     RunState,
@@ -50,6 +59,10 @@ class SQLJobLoop(AsyncScheduler):
     """``AsyncScheduler`` whose job loop starts jobs as plain tasks (see the module)."""
 
     _jobs_wakeup: anyio.Event | None = attrs.field(init=False, default=None)
+    _full: bool = attrs.field(init=False, default=False)
+    """Whether the last acquisition took as many jobs as the loop had room for: more may
+    wait, and each job that ends here wakes the loop (the store announces a release only
+    when a job waits in the queue as it writes it)."""
 
     async def _process_jobs(self, *, task_status: TaskStatus[None]) -> None:
         library = sniffio.current_async_library()
@@ -106,10 +119,13 @@ class SQLJobLoop(AsyncScheduler):
             try:
                 while self._state is _STARTED:
                     limit = self.max_concurrent_jobs - len(running)
+                    self._full = limit <= 0
                     if limit > 0:
-                        for job in await store.acquire_jobs(
+                        acquired = await store.acquire_jobs(
                             self.identity, self.lease_duration, limit
-                        ):
+                        )
+                        self._full = len(acquired) >= limit
+                        for job in acquired:
                             func = callables.get(job.task_id)
                             if func is None:
                                 func = self._get_task_callable(await store.get_task(job.task_id))
@@ -120,3 +136,11 @@ class SQLJobLoop(AsyncScheduler):
                     jobs.raise_failure()
             finally:
                 self._jobs_wakeup = None
+
+    async def _run_job(self, job: Job, func: Callable[..., Any], executor: str) -> None:
+        try:
+            await super()._run_job(job, func, executor)
+        finally:
+            wakeup = self._jobs_wakeup
+            if self._full and wakeup is not None:
+                wakeup.set()  # room for one more, where more may wait (see _full)

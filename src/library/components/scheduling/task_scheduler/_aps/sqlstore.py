@@ -1004,7 +1004,7 @@ class SQLStore(SQLAlchemyDataStore):
                 for entry in batch:
                     entry.state = _ReleaseState.writing
                 try:
-                    events = await self._write_releases(scheduler_id, batch)
+                    events, waiting = await self._write_releases(scheduler_id, batch)
                 except Exception as exc:
                     for entry in batch:
                         entry.finish(None, exc)
@@ -1017,17 +1017,21 @@ class SQLStore(SQLAlchemyDataStore):
                 else:
                     for entry, event in zip(batch, events, strict=True):
                         entry.finish(event, None)
-                    batch[-1].announce = True
+                    batch[-1].announce = waiting
         finally:
             self._writing_releases = False
             self._wake_next_release_writer()
 
     async def _write_releases(
         self, scheduler_id: str, batch: Sequence[_Release]
-    ) -> list[JobReleased]:
+    ) -> tuple[list[JobReleased], bool]:
         """One transaction for the releases of ``batch`` (as :meth:`_release_job` each):
         their results, their job rows deleted, one running slot given back per deleted row
-        that held one (tasks in id order: two batches never wait for each other's rows)."""
+        that held one (tasks in id order: two batches never wait for each other's rows).
+        Also whether a job waits in the queue: only then is the batch announced
+        (``JobReleased``, for the job loops a freed slot may let take it). Announced after
+        every run, each was a NOTIFY that woke every process's job loop for an empty
+        acquisition (a full loop of this process wakes itself: see SQLJobLoop)."""
         jobs_table, tasks = self._t_jobs, self._t_tasks
         results = [
             entry.result.marshal(self.serializer)
@@ -1067,12 +1071,13 @@ class SQLStore(SQLAlchemyDataStore):
                             give_back,
                             [{"task": task, "n": slots[task]} for task in sorted(slots)],
                         )
+                    waiting = (await self._execute(conn, self._waiting_job)).first() is not None
         if self._reported:
             for row in deleted:
                 if str(row.id) in self._reported:  # a dead process's run that could not load
                     self._deleted_rows.add(str(row.id))
                     self.unloadable.pop(row.task_id, None)
-        return [
+        events = [
             JobReleased.from_result(
                 entry.result,
                 scheduler_id,
@@ -1082,6 +1087,23 @@ class SQLStore(SQLAlchemyDataStore):
             )
             for entry in batch
         ]
+        return events, waiting
+
+    @property
+    def _waiting_job(self) -> Any:
+        """A job in the queue that some job loop may take (as acquire_jobs selects them),
+        if any: unacquired, or its holder's lease ran out."""
+        jobs = self._t_jobs
+        return (
+            select(jobs.c.id)
+            .where(
+                or_(
+                    jobs.c.acquired_until.is_(None),
+                    jobs.c.acquired_until < datetime.now(timezone.utc),
+                )
+            )
+            .limit(1)
+        )
 
     async def _write_unreleased(self, scheduler_id: str) -> None:
         """Write the owed releases of runs that ended here, with their real outcomes (after
