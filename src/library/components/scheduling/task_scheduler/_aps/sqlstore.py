@@ -107,6 +107,11 @@ assert KEEP_INTERVAL + SWEEP_INTERVAL < HOLDER_GRACE < LEASE_DURATION - SWEEP_MA
 RELEASE_WAIT = 2.0
 """Seconds :meth:`SQLStore.release_claims` waits for the releases being written when the
 engine stopped (each is one short transaction), before it writes those that were cancelled."""
+RELEASE_SPACING = 0.02
+"""Least seconds between two batches of releases written by this process: a run that ends
+within that time of the last batch waits for the next (runs that end one after another,
+as fires spread over time do, are then written a few at a time instead of one transaction
+each); a run that ends alone is written at once."""
 FIRES_PER_STATEMENT = 1000
 """Ledger rows inserted per statement when a batch of fires is enqueued (two parameters each:
 well within every driver's limit)."""
@@ -279,6 +284,8 @@ class SQLStore(SQLAlchemyDataStore):
     """Set when the last release being written ends (someone waits for it)."""
     _release_queue: list[_Release] = attrs.field(init=False, factory=list)
     """Releases waiting to be written in the next batch (see :meth:`release_job`)."""
+    _last_release_write: float = attrs.field(init=False, default=float("-inf"))
+    """When the last batch of releases was written (anyio time; see RELEASE_SPACING)."""
     _writing_releases: bool = attrs.field(init=False, default=False)
     """Whether a caller of :meth:`release_job` is writing a batch now."""
     unloadable: dict[str, str] = attrs.field(init=False, factory=dict)
@@ -1000,6 +1007,9 @@ class SQLStore(SQLAlchemyDataStore):
         self._writing_releases = True
         try:
             while own.state is not _ReleaseState.done and self._release_queue:
+                spacing = self._last_release_write + RELEASE_SPACING - anyio.current_time()
+                if spacing > 0:
+                    await anyio.sleep(spacing)  # the runs that end meanwhile join this batch
                 batch, self._release_queue = self._release_queue, []
                 for entry in batch:
                     entry.state = _ReleaseState.writing
@@ -1018,6 +1028,8 @@ class SQLStore(SQLAlchemyDataStore):
                     for entry, event in zip(batch, events, strict=True):
                         entry.finish(event, None)
                     batch[-1].announce = waiting
+                finally:
+                    self._last_release_write = anyio.current_time()
         finally:
             self._writing_releases = False
             self._wake_next_release_writer()
