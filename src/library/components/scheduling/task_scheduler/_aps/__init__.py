@@ -2,7 +2,8 @@
 internals of APScheduler 4.0.0a6, and nothing else - the engine factory and the memory-store
 engine with its own schedule and job loops (``engine``), the indexed memory store
 (``memstore``), APScheduler's SQL store made safe for several processes (``sqlstore``) and
-its engine, whose runs start at their fire time on a local timer (``sqlengine``), the
+its engine, whose runs start at their fire time on a local timer (``sqlengine``, with its job
+loop in ``sqljobloop``), where job loops start each job (``jobtasks``), the
 in-process event broker (``broker``), the JSON-only serializer and callable references
 (``serializer``), APScheduler's exceptions mapped to ours (``errors``), stores and brokers
 opened from a URL (``stores``), lease settings (``leases``) and the engine version (``pin``).
