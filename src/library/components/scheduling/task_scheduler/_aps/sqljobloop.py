@@ -12,8 +12,7 @@ that builds on this one). What changes, per job acquired:
 - the stock loop asks the store for every job's ``Task`` (an awaited call per job, and on the
   SQL store a query per batch to answer them), only to find the callable it already holds
   for every task configured in this process. Here the store is told which tasks the engine
-  knows (:meth:`remember_local_tasks`, when it has it) and fetches only the others.
-
+  knows (:meth:`remember_local_tasks`, when it has it) and fetches only the others;
 - the stock loop woke for every ``JobReleased`` (our store announced one per release batch:
   with fires spread over time, one per run, and in every process), to find the queue empty
   almost every time. Here the store announces a release only when a job waits in the queue
@@ -56,7 +55,7 @@ _STARTED = RunState.started
 
 @attrs.define(eq=False, repr=False)
 class SQLJobLoop(AsyncScheduler):
-    """``AsyncScheduler`` whose job loop starts jobs as plain tasks (see the module)."""
+    """``AsyncScheduler`` with a leaner job loop for our SQL store (see the module)."""
 
     _jobs_wakeup: anyio.Event | None = attrs.field(init=False, default=None)
     _full: bool = attrs.field(init=False, default=False)
