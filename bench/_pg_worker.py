@@ -37,7 +37,7 @@ except ImportError:  # a source checkout that is not installed: use its src/ dir
 
 PACKAGE = "library.components.scheduling.task_scheduler"
 
-RUNS: list[tuple[str, float, float]] = []
+RUNS: list[tuple[str, float, float, str]] = []
 """(job id, scheduled fire time, start time) of every run in this process, appended by job."""
 
 HISTORY_MARGIN = 10
@@ -56,7 +56,7 @@ async def job() -> None:
     running = current_job.get()
     fire = running.scheduled_fire_time
     job_id = running.schedule_id if RAW_APS4 else running.task_id
-    RUNS.append((str(job_id), fire.timestamp() if fire else math.nan, started))
+    RUNS.append((str(job_id), fire.timestamp() if fire else math.nan, started, str(running.id)))
 
 
 def utc(wall: float) -> datetime:
@@ -80,7 +80,7 @@ async def history_check(
             outcomes[run.outcome.value if run.outcome else "in progress"] += 1
             if run.started_at is not None:
                 history.add((run.job_id, fire))
-    seen = {(job_id, fire) for job_id, fire, _ in RUNS if fire >= since}
+    seen = {(job_id, fire) for job_id, fire, *_ in RUNS if fire >= since}
     return {"outcomes": dict(outcomes), "history_mismatches": len(history ^ seen)}
 
 

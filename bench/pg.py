@@ -386,7 +386,7 @@ def stored_history(
         (job_id, round(fire * 1e6))
         for result, _ in outputs
         if result is not None
-        for job_id, fire, _ in result["runs"]
+        for job_id, fire, *_ in result["runs"]
     }
     started = {(job_id, fire) for job_id, fire, was_started in stored if was_started}
     return {
@@ -419,13 +419,15 @@ def analyse(
     wall_open, wall_close = window_open - BOUNDARY_LEAD, window_close - BOUNDARY_LEAD
 
     fires: Counter[tuple[str, float]] = Counter()
+    ran_as: defaultdict[tuple[str, float], list[tuple[int, float, str]]] = defaultdict(list)
     per_job: Counter[str] = Counter({f"j{index}": 0 for index in range(n)})
     lateness: list[float] = []
     started_per_process: list[int] = []
-    for result in results:
+    for process, result in enumerate(results):
         started = 0
-        for job_id, fire, start in result["runs"]:
+        for job_id, fire, start, *row in result["runs"]:
             fires[job_id, fire] += 1
+            ran_as[job_id, fire].append((process, start, row[0] if row else ""))
             if window_open - EPSILON <= fire < window_close - EPSILON:
                 per_job[job_id] += 1
                 lateness.append(start - fire)
@@ -457,6 +459,13 @@ def analyse(
         "expected": n * plan.window,
         "min_coverage": min(per_job.values()) / plan.window,
         "duplicated_fires": sum(count - 1 for count in fires.values() if count > 1),
+        # Which fires ran twice: (job, fire time, [(process, start, the queued job's id)]);
+        # the same id twice is one queued fire run twice, two ids a fire enqueued twice.
+        "duplicates_sample": [
+            (job_id, fire, ran_as[job_id, fire])
+            for (job_id, fire), count in fires.items()
+            if count > 1
+        ][:5],
         "lateness_p50_ms": percentile(lateness, 0.50) * 1e3,
         "lateness_p99_ms": percentile(lateness, 0.99) * 1e3,
         "lateness_max_ms": (lateness[-1] if lateness else float("nan")) * 1e3,

@@ -146,6 +146,12 @@ its runs; the restarted engine's ``reap_abandoned_jobs`` released its own acquir
             test_sqlstore.py::
             test_jobs_left_by_the_previous_engine_are_settled_not_abandoned
             test_sqlstore.py::test_jobs_of_a_process_that_is_gone_are_abandoned_within_a_grace
+a transaction PostgreSQL rolls back for a deadlock with another is not retried: under load,
+a batch of releases failed so, its jobs stayed acquired without renewal, and another process
+ran them again once their leases lapsed (92-100 duplicated fires at 3,000 fires/s)
+    closed: _aps.sqlstore:SQLStore._retry with sqlstore:_worth_retrying (deadlock and
+            serialization failures are run again, as cut connections are)
+    test:   test_conflicts.py::test_a_transaction_rolled_back_for_a_deadlock_is_run_again
 processes starting together on an empty database race in ``create_all`` / CREATE SCHEMA
     closed: _aps.sqlstore:SQLStore._create_metadata and _aps.sqlstore:ensure_schema
             (``pg_advisory_xact_lock``)

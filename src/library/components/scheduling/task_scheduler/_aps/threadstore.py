@@ -51,7 +51,7 @@ from anyio import (
 )
 from apscheduler.abc import EventBroker
 from apscheduler.datastores.base import BaseExternalDataStore
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import CompileError, ProgrammingError
 from sqlalchemy.schema import CreateSchema
 from sqlalchemy.sql import Executable
@@ -295,6 +295,16 @@ class ThreadedSQLStore(SQLStore):
             else:
                 self._supports_update_returning = True
 
+    async def _outside_transaction(self, sql: str) -> None:
+        assert isinstance(self._engine, Engine)
+        async with self._runner()[1]:  # a slot, as a transaction takes (see the module)
+            conn = await self._in_thread(self._engine.connect)
+            try:
+                await self._in_thread(_execute_autocommit, conn, sql, conn=conn)
+            finally:
+                with CancelScope(shield=True):
+                    await self._in_thread(conn.close)
+
     async def _announce(self, scheduler_id: str) -> None:
         await super()._announce(scheduler_id)  # names this process (no lock on this engine)
         if self._engine.dialect.name != "postgresql" or self._held is not None:
@@ -326,3 +336,7 @@ class ThreadedSQLStore(SQLStore):
         if conn is not None:
             with CancelScope(shield=True):
                 await self._in_thread(conn.invalidate)  # ends the session, and with it the lock
+
+
+def _execute_autocommit(conn: Connection, sql: str) -> None:
+    conn.execution_options(isolation_level="AUTOCOMMIT").execute(text(sql))
