@@ -1,11 +1,12 @@
 """Where an engine's job loop starts each job: plain tasks instead of anyio's task group.
 
 The stock job loop spawns every job through anyio's task group, whose per-task wrapper and
-cancel scope cost more than the rest of the spawn (a third of the CPU per run on trio). Both
-of our job loops (the memory engine's, and on SQL stores :class:`~.sqljobloop.SQLJobLoop`)
-start each job as a plain asyncio task, or in a trio nursery the loop owns, with the same
-rules: held until it ends, cancelled and awaited when the loop stops, and a job task's
-failure fails the loop, as a task group's child would.
+cancel scope cost more than the rest of the spawn (a third of the CPU per run on trio). The
+memory engine's job loop starts each job as a plain asyncio task, or in a trio nursery the
+loop owns; on SQL stores :class:`~.sqljobloop.SQLJobLoop` does so on trio, and keeps anyio's
+task group on asyncio (:class:`TaskGroupJobs`), whose cancellation spares the shielded
+transaction of a job's release. Same rules for all: a job is held until it ends, cancelled
+and awaited when the loop stops, and a job task's failure fails the loop.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ acquired ahead; here, each acquired job then waits in its own task until its fir
 
 A fire held that way is like one waiting in the queue: a job paused meanwhile is recorded
 ``skipped`` when the fire comes (the executor checks, as it does for a queued fire); a process
-that begins to drain does not start it, and gives it back to the queue at once, with its
-task's running slot, for the others (:meth:`SQLStore.give_back`).
+that began to drain does not start it: when it comes due, it goes back to the queue, with
+its task's running slot, for the others (:meth:`SQLStore.give_back`).
 """
 
 from __future__ import annotations
